@@ -1,0 +1,191 @@
+"""memos: the command line of the MemOS mesh. `memos COMMAND --help` tells more."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import sys
+import time
+from pathlib import Path
+
+from google.protobuf import json_format
+
+from .bundles import count_turns, ingest_bundle, read_bundles
+from .client import MemosClient
+from .endpoints import Endpoints
+from .errors import MemosAPIError
+
+
+def _json(message) -> str:
+    return json.dumps(json_format.MessageToDict(message, preserving_proto_field_name=True), indent=2)
+
+
+def _line(memory) -> str:
+    sources = ",".join(s.turn_id for s in memory.provenance.sources)
+    return f"{memory.name}  v{memory.version}  [{sources}]\n    {memory.text}"
+
+
+async def cmd_add(client: MemosClient, args: argparse.Namespace) -> int:
+    if args.file:
+        from tqdm import tqdm
+
+        bundles = list(read_bundles(Path(args.file)))
+        total = sum(count_turns(b) for b in bundles)
+        started = time.monotonic()
+        with tqdm(total=total, unit="turn", desc=f"adding to {args.cube}", disable=args.quiet) as bar:
+            for bundle in bundles:
+                await ingest_bundle(client, args.cube, bundle, wait_applied=args.wait, on_session=bar.update)
+        elapsed = time.monotonic() - started
+        print(f"added {total} turns from {len(bundles)} conversation(s) in {elapsed:.1f}s ({total / elapsed:.0f} turns/s)")
+        return 0
+    if not args.text:
+        print("error: give TEXT or --file", file=sys.stderr)
+        return 2
+    message = {"speaker": args.speaker, "text": " ".join(args.text), "time_text": args.time, "id": args.id}
+    reply = await client.add_messages(args.cube, [message], wait_applied=args.wait)
+    for name in reply.memory_names:
+        print(name)
+    return 0
+
+
+async def cmd_search(client: MemosClient, args: argparse.Namespace) -> int:
+    reply = await client.search(args.cube, " ".join(args.query), top_k=args.top_k, token_budget=args.budget)
+    if args.json:
+        print(_json(reply))
+        return 0
+    for i, result in enumerate(reply.results, 1):
+        print(f"{i:>2}. {result.score:.4f}  {_line(result.memory)}")
+    print(f"{len(reply.results)} result(s), {reply.total_tokens} tokens")
+    return 0
+
+
+async def cmd_get(client: MemosClient, args: argparse.Namespace) -> int:
+    print(_json(await client.get(args.name)))
+    return 0
+
+
+async def cmd_list(client: MemosClient, args: argparse.Namespace) -> int:
+    shown = 0
+    async for memory in client.iter_memories(args.cube, speaker=args.speaker):
+        print(json.dumps(json_format.MessageToDict(memory)) if args.json else _line(memory))
+        shown += 1
+        if args.limit and shown >= args.limit:
+            break
+    if not args.json:
+        print(f"{shown} memor{'y' if shown == 1 else 'ies'}")
+    return 0
+
+
+async def cmd_delete(client: MemosClient, args: argparse.Namespace) -> int:
+    reply = await client.delete(args.name)
+    print(f"deleted {reply.name} (was version {reply.version})")
+    return 0
+
+
+async def cmd_update(client: MemosClient, args: argparse.Namespace) -> int:
+    memory = await client.update(args.name, text=args.text, expected_version=args.expected_version)
+    print(_line(memory))
+    return 0
+
+
+async def cmd_versions(client: MemosClient, args: argparse.Namespace) -> int:
+    for memory in await client.versions(args.name):
+        print(_line(memory))
+    return 0
+
+
+async def cmd_watch(client: MemosClient, args: argparse.Namespace) -> int:
+    print(f"watching memory events of {'every cube' if args.cube == '*' else args.cube} (Ctrl-C stops)", file=sys.stderr)
+    async for event in client.watch(args.cube):
+        if args.json:
+            payload = json_format.MessageToDict(event.payload, preserving_proto_field_name=True)
+            print(json.dumps({"id": event.id, "type": event.type, "subject": event.subject, "time": event.time, "data": payload}), flush=True)
+        else:
+            memory = getattr(event.payload, "memory", None)
+            text = f"  {memory.text[:100]}" if memory is not None and memory.text else ""
+            print(f"{event.time}  {event.type:<24} {event.subject}{text}", flush=True)
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="memos",
+        description="Store and find memories in a MemOS mesh. Start one with `make run`.",
+        epilog="Endpoints: MEMOS_PORT_BASE (local mesh, default 50050) or MEMOS_READER_ADDR, "
+        "MEMOS_VAULT_ADDR, MEMOS_SCHEDULER_ADDR, MEMOS_NATS_URL.",
+    )
+    parser.add_argument("--timeout", type=float, default=120, help="seconds per request (default 120)")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    p = sub.add_parser("add", help="add a message, or a JSON/JSONL file of conversations")
+    p.add_argument("--cube", required=True, help="the cube (memory owner) to write to")
+    p.add_argument("text", nargs="*", metavar="TEXT", help="the message text")
+    p.add_argument("--speaker", default="user", help="who said it (default: user)")
+    p.add_argument("--time", default="", help='when it was said, e.g. "2023-05-08 13:56" (default: unset)')
+    p.add_argument("--id", default="", help="turn id, unique in the cube (default: generated)")
+    p.add_argument("--file", help="conversations as bench/FORMAT.md bundles (.jsonl or .json), or a JSON list of messages")
+    p.add_argument("--wait", action="store_true", help="return only after the vault applied the writes")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.set_defaults(run=cmd_add)
+
+    p = sub.add_parser("search", help="find the memories that matter for a query")
+    p.add_argument("--cube", required=True)
+    p.add_argument("query", nargs="+", metavar="QUERY")
+    p.add_argument("--top-k", type=int, default=10, help="at most this many items (default 10, max 50)")
+    p.add_argument("--budget", type=int, default=0, help="token budget of the results (default: none)")
+    p.add_argument("--json", action="store_true", help="print the raw response as JSON")
+    p.set_defaults(run=cmd_search)
+
+    p = sub.add_parser("get", help="show one memory with its whole header")
+    p.add_argument("name", help="cubes/{cube}/memories/{id}")
+    p.set_defaults(run=cmd_get)
+
+    p = sub.add_parser("list", help="list the memories of a cube")
+    p.add_argument("--cube", required=True)
+    p.add_argument("--speaker", default="", help="only memories of this speaker")
+    p.add_argument("--limit", type=int, default=0, help="stop after this many (default: all)")
+    p.add_argument("--json", action="store_true", help="one JSON object a line")
+    p.set_defaults(run=cmd_list)
+
+    p = sub.add_parser("update", help="change the text of a memory (the old version is kept)")
+    p.add_argument("name")
+    p.add_argument("--text", required=True)
+    p.add_argument("--expected-version", type=int, default=0, help="fail if the memory has moved on")
+    p.set_defaults(run=cmd_update)
+
+    p = sub.add_parser("versions", help="list every version of a memory, newest first")
+    p.add_argument("name")
+    p.set_defaults(run=cmd_versions)
+
+    p = sub.add_parser("delete", help="delete a memory and its versions")
+    p.add_argument("name")
+    p.set_defaults(run=cmd_delete)
+
+    p = sub.add_parser("watch", help="print memory-change events as they happen")
+    p.add_argument("--cube", default="*", help="one cube (default: every cube)")
+    p.add_argument("--json", action="store_true", help="one JSON object an event")
+    p.set_defaults(run=cmd_watch)
+    return parser
+
+
+async def _run(args: argparse.Namespace) -> int:
+    async with MemosClient(Endpoints.from_env(), timeout_seconds=args.timeout) as client:
+        return await args.run(client, args)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return asyncio.run(_run(args))
+    except MemosAPIError as err:
+        print(f"error: {err}", file=sys.stderr)
+        if err.code.name == "UNAVAILABLE":
+            print("hint: is the mesh running? start it with `make run`", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,182 @@
+"""Async Python client of the mesh's gRPC API and its event stream."""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import AsyncIterator, Iterable, Mapping
+from typing import Any
+
+import grpc
+from google.protobuf import field_mask_pb2
+
+from memos.reader.v1 import reader_pb2, reader_pb2_grpc
+from memos.scheduler.v1 import scheduler_pb2, scheduler_pb2_grpc
+from memos.type.v1 import memory_pb2
+from memos.vault.v1 import vault_pb2, vault_pb2_grpc
+
+from ._tracing import trace_interceptors
+from .endpoints import Endpoints
+from .errors import MemosAPIError
+from .events import Event, decode_event
+from .wire import events_subject
+
+MessageLike = reader_pb2.Message | Mapping[str, Any]
+
+
+def to_message(m: MessageLike) -> reader_pb2.Message:
+    """A reader Message from a dict with keys id, speaker, text, time_text (or time), session_id, image_caption."""
+    if isinstance(m, reader_pb2.Message):
+        return m
+    return reader_pb2.Message(
+        id=str(m.get("id", "")),
+        speaker=str(m.get("speaker", "")),
+        text=str(m.get("text", "")),
+        time_text=str(m.get("time_text", m.get("time", "")) or ""),
+        session_id=str(m.get("session_id", "")),
+        image_caption=str(m.get("image_caption", "") or ""),
+    )
+
+
+@contextlib.asynccontextmanager
+async def _api_errors() -> AsyncIterator[None]:
+    try:
+        yield
+    except grpc.aio.AioRpcError as err:
+        raise MemosAPIError.from_rpc_error(err) from None
+
+
+class MemosClient:
+    """``async with MemosClient() as memos: await memos.search("demo", "where does alice live?")``.
+
+    Failures raise MemosAPIError with the status code and the server's reason.
+    """
+
+    def __init__(self, endpoints: Endpoints | None = None, *, timeout_seconds: float = 60.0) -> None:
+        self.endpoints = endpoints or Endpoints.from_env()
+        self.timeout = timeout_seconds
+        self._channels = [
+            grpc.aio.insecure_channel(addr, interceptors=trace_interceptors())
+            for addr in (self.endpoints.reader, self.endpoints.vault, self.endpoints.scheduler)
+        ]
+        self.reader = reader_pb2_grpc.ReaderServiceStub(self._channels[0])
+        self.vault = vault_pb2_grpc.VaultServiceStub(self._channels[1])
+        self.scheduler = scheduler_pb2_grpc.SchedulerServiceStub(self._channels[2])
+
+    async def __aenter__(self) -> MemosClient:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
+    async def close(self) -> None:
+        for channel in self._channels:
+            await channel.close()
+
+    # -- writes ---------------------------------------------------------------------------
+
+    async def add_messages(
+        self,
+        cube_id: str,
+        messages: Iterable[MessageLike],
+        *,
+        request_id: str = "",
+        wait_applied: bool = False,
+    ) -> reader_pb2.AddMessagesResponse:
+        request = reader_pb2.AddMessagesRequest(
+            cube_id=cube_id,
+            messages=[to_message(m) for m in messages],
+            request_id=request_id,
+            wait_applied=wait_applied,
+        )
+        async with _api_errors():
+            return await self.reader.AddMessages(request, timeout=self.timeout)
+
+    async def add_document(
+        self, cube_id: str, text: str, *, title: str = "", document_id: str = "", wait_applied: bool = False
+    ) -> reader_pb2.AddDocumentResponse:
+        request = reader_pb2.AddDocumentRequest(
+            cube_id=cube_id, text=text, title=title, document_id=document_id, wait_applied=wait_applied
+        )
+        async with _api_errors():
+            return await self.reader.AddDocument(request, timeout=self.timeout)
+
+    async def update(
+        self, name: str, *, text: str | None = None, tags: list[str] | None = None, expected_version: int = 0
+    ) -> memory_pb2.Memory:
+        memory = memory_pb2.Memory(name=name)
+        paths = []
+        if text is not None:
+            memory.text = text
+            paths.append("text")
+        if tags is not None:
+            memory.tags.extend(tags)
+            paths.append("tags")
+        request = vault_pb2.UpdateMemoryRequest(
+            memory=memory, update_mask=field_mask_pb2.FieldMask(paths=paths), expected_version=expected_version
+        )
+        async with _api_errors():
+            return await self.vault.UpdateMemory(request, timeout=self.timeout)
+
+    async def delete(self, name: str) -> vault_pb2.DeleteMemoryResponse:
+        async with _api_errors():
+            return await self.vault.DeleteMemory(vault_pb2.DeleteMemoryRequest(name=name), timeout=self.timeout)
+
+    # -- reads ----------------------------------------------------------------------------
+
+    async def search(
+        self, cube_id: str, query: str, *, top_k: int = 10, token_budget: int = 0
+    ) -> scheduler_pb2.SearchResponse:
+        request = scheduler_pb2.SearchRequest(cube_id=cube_id, query=query, top_k=top_k, token_budget=token_budget)
+        async with _api_errors():
+            return await self.scheduler.Search(request, timeout=self.timeout)
+
+    async def get(self, name: str) -> memory_pb2.Memory:
+        async with _api_errors():
+            return await self.vault.GetMemory(vault_pb2.GetMemoryRequest(name=name), timeout=self.timeout)
+
+    async def list_page(
+        self, cube_id: str, *, page_size: int = 100, page_token: str = "", speaker: str = ""
+    ) -> vault_pb2.ListMemoriesResponse:
+        request = vault_pb2.ListMemoriesRequest(
+            cube_id=cube_id,
+            page_size=page_size,
+            page_token=page_token,
+            filter=vault_pb2.MemoryFilter(speaker=speaker),
+        )
+        async with _api_errors():
+            return await self.vault.ListMemories(request, timeout=self.timeout)
+
+    async def iter_memories(self, cube_id: str, *, page_size: int = 500, speaker: str = "") -> AsyncIterator[memory_pb2.Memory]:
+        token = ""
+        while True:
+            page = await self.list_page(cube_id, page_size=page_size, page_token=token, speaker=speaker)
+            for memory in page.memories:
+                yield memory
+            token = page.next_page_token
+            if not token:
+                return
+
+    async def versions(self, name: str) -> list[memory_pb2.Memory]:
+        out, token = [], ""
+        while True:
+            request = vault_pb2.ListVersionsRequest(name=name, page_size=100, page_token=token)
+            async with _api_errors():
+                page = await self.vault.ListVersions(request, timeout=self.timeout)
+            out += page.versions
+            token = page.next_page_token
+            if not token:
+                return out
+
+    # -- events ---------------------------------------------------------------------------
+
+    async def watch(self, cube_id: str = "*") -> AsyncIterator[Event]:
+        """Memory-change events of one cube (or all) as they happen."""
+        import nats
+
+        nc = await nats.connect(self.endpoints.nats_url, name="memos-sdk-watch")
+        try:
+            sub = await nc.subscribe(events_subject(cube_id))
+            async for msg in sub.messages:
+                yield decode_event(msg.headers, msg.data)
+        finally:
+            await nc.drain()

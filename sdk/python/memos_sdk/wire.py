@@ -1,0 +1,71 @@
+"""Wire constants of the mesh: NATS subjects, stream names, CloudEvents types and headers.
+
+Everything that crosses the message bus is named here, so publishers (the services) and
+subscribers (the SDK, `memos watch`, programs in other languages reading docs/events.md)
+agree on one definition.
+"""
+
+from __future__ import annotations
+
+import re
+from enum import StrEnum
+
+SUBJECT_PREFIX = "memos.v1"
+
+# A cube id is one NATS subject token and part of resource names: no dots, wildcards or spaces.
+CUBE_ID_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$")
+MEMORY_ID_PATTERN = re.compile(r"^[0-9a-f]{32}$")
+MEMORY_NAME_PATTERN = re.compile(r"^cubes/(?P<cube>[A-Za-z0-9][A-Za-z0-9_-]{0,63})/memories/(?P<memory>[0-9a-f]{32})$")
+
+
+class Stream(StrEnum):
+    """JetStream streams owned by the mesh."""
+
+    WRITES = "MEMOS_WRITES"  # the write log: system of record for memory items
+    EVENTS = "MEMOS_EVENTS"  # memory-change events for subscribers
+
+
+class EventKind(StrEnum):
+    """The <kind> part of an event subject; ce-type is "memos.v1.<kind>"."""
+
+    MEMORY_CREATED = "memory.created"
+    MEMORY_UPDATED = "memory.updated"
+    MEMORY_DELETED = "memory.deleted"
+
+    @property
+    def ce_type(self) -> str:
+        return f"{SUBJECT_PREFIX}.{self.value}"
+
+
+class Header(StrEnum):
+    """Message headers: CloudEvents binary mode plus NATS and W3C trace context."""
+
+    CE_SPECVERSION = "ce-specversion"
+    CE_ID = "ce-id"
+    CE_TYPE = "ce-type"
+    CE_SOURCE = "ce-source"
+    CE_SUBJECT = "ce-subject"
+    CE_TIME = "ce-time"
+    CONTENT_TYPE = "content-type"
+    MSG_ID = "Nats-Msg-Id"
+    TRACEPARENT = "traceparent"
+
+
+PROTOBUF_CONTENT_TYPE = "application/protobuf"
+
+
+def writes_subject(cube_id: str) -> str:
+    return f"{SUBJECT_PREFIX}.writes.{cube_id}"
+
+
+def events_subject(cube_id: str, kind: EventKind | str = ">") -> str:
+    """Subject of one kind of event of a cube; with the default, a wildcard for all of them.
+
+    ``cube_id`` may be "*" to match every cube.
+    """
+    kind_value = kind.value if isinstance(kind, EventKind) else kind
+    return f"{SUBJECT_PREFIX}.events.{cube_id}.{kind_value}"
+
+
+def memory_name(cube_id: str, memory_id: str) -> str:
+    return f"cubes/{cube_id}/memories/{memory_id}"

@@ -1,0 +1,106 @@
+"""NATS JetStream: connection, the mesh's streams, publishing with dedup, waiting for the vault."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Mapping
+
+import nats
+from nats.aio.client import Client as NATS
+from nats.js import JetStreamContext
+from nats.js.api import DiscardPolicy, RetentionPolicy, StorageType, StreamConfig
+from nats.js.errors import NotFoundError
+
+from memos_sdk.wire import SUBJECT_PREFIX, Stream
+
+from .errors import DeadlineExceeded, Unavailable
+
+log = logging.getLogger(__name__)
+
+VAULT_CONSUMER = "vault"
+DUPLICATE_WINDOW_SECONDS = 120.0
+
+STREAMS = {
+    # The write log is the system of record: kept (limits retention, no age limit) so a vault
+    # can rebuild its index by replaying it.
+    Stream.WRITES: StreamConfig(
+        name=Stream.WRITES,
+        subjects=[f"{SUBJECT_PREFIX}.writes.>"],
+        retention=RetentionPolicy.LIMITS,
+        storage=StorageType.FILE,
+        discard=DiscardPolicy.OLD,
+        duplicate_window=DUPLICATE_WINDOW_SECONDS,
+        deny_delete=True,
+    ),
+    Stream.EVENTS: StreamConfig(
+        name=Stream.EVENTS,
+        subjects=[f"{SUBJECT_PREFIX}.events.>"],
+        retention=RetentionPolicy.LIMITS,
+        storage=StorageType.FILE,
+        discard=DiscardPolicy.OLD,
+        max_age=7 * 24 * 3600.0,
+        duplicate_window=DUPLICATE_WINDOW_SECONDS,
+    ),
+}
+
+
+async def connect(url: str, name: str) -> NATS:
+    """Connect, retrying for a while: services may start before the bus is up."""
+    try:
+        return await nats.connect(
+            url,
+            name=f"memos-{name}",
+            connect_timeout=2,
+            max_reconnect_attempts=-1,
+            reconnect_time_wait=0.5,
+            allow_reconnect=True,
+        )
+    except Exception as err:  # nats raises several unrelated types here
+        raise Unavailable(f"cannot connect to NATS at {url}: {err}", reason="BUS_UNAVAILABLE") from err
+
+
+async def ensure_streams(js: JetStreamContext) -> None:
+    """Create the mesh's streams, or bring an existing one's settings up to date."""
+    for config in STREAMS.values():
+        try:
+            await js.stream_info(config.name)
+        except NotFoundError:
+            await js.add_stream(config)
+            log.info("created stream %s", config.name)
+        else:
+            await js.update_stream(config)
+
+
+async def publish(
+    js: JetStreamContext, subject: str, data: bytes, *, msg_id: str, headers: Mapping[str, str] | None = None
+) -> tuple[int, bool]:
+    """Publish once (deduplicated by msg_id) and wait for the stream's ack: (sequence, was_duplicate)."""
+    all_headers = {"Nats-Msg-Id": msg_id, **(headers or {})}
+    try:
+        ack = await js.publish(subject, data, headers=all_headers, timeout=10)
+    except Exception as err:
+        raise Unavailable(f"write log did not acknowledge: {err}", reason="BUS_UNAVAILABLE") from err
+    return ack.seq, bool(ack.duplicate)
+
+
+async def wait_applied(js: JetStreamContext, sequence: int, *, timeout: float) -> None:
+    """Wait until the vault has applied (acked) every write up to ``sequence``."""
+    deadline = time.monotonic() + timeout
+    delay = 0.005
+    while True:
+        try:
+            info = await js.consumer_info(Stream.WRITES, VAULT_CONSUMER)
+            if info.ack_floor.stream_seq >= sequence:
+                return
+        except NotFoundError:
+            pass  # no vault has started yet
+        if time.monotonic() > deadline:
+            raise DeadlineExceeded(
+                f"the vault has not applied write {sequence} within {timeout:.0f}s; it is durable and will be",
+                reason="APPLY_PENDING",
+                log_sequence=sequence,
+            )
+        await asyncio.sleep(delay)
+        delay = min(delay * 2, 0.1)

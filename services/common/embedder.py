@@ -1,0 +1,55 @@
+"""The embedding model, reached over Triton's KServe-v2 gRPC protocol (tritonclient)."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+
+import numpy as np
+import tritonclient.grpc.aio as triton
+from tritonclient.utils import InferenceServerException
+
+from .errors import Unavailable
+from .settings import EmbedderSettings
+
+log = logging.getLogger(__name__)
+
+
+class Embedder:
+    """Embeds texts with the model served as ``embed_model``; vectors are L2-normalised float32."""
+
+    def __init__(self, settings: EmbedderSettings) -> None:
+        self._settings = settings
+        self._client = triton.InferenceServerClient(settings.inference_addr)
+
+    @property
+    def dim(self) -> int:
+        return self._settings.embed_dim
+
+    async def embed(self, texts: Sequence[str]) -> np.ndarray:
+        if not texts:
+            return np.zeros((0, self.dim), dtype=np.float32)
+        size = self._settings.embed_batch_size
+        parts = [await self._embed_batch(texts[i : i + size]) for i in range(0, len(texts), size)]
+        return np.concatenate(parts)
+
+    async def _embed_batch(self, texts: Sequence[str]) -> np.ndarray:
+        data = np.array([[t.encode("utf-8")] for t in texts], dtype=object)
+        request = triton.InferInput("text", list(data.shape), "BYTES")
+        request.set_data_from_numpy(data)
+        try:
+            result = await self._client.infer(
+                self._settings.embed_model,
+                [request],
+                outputs=[triton.InferRequestedOutput("embedding")],
+                client_timeout=self._settings.embed_timeout_seconds,
+            )
+        except InferenceServerException as err:
+            raise Unavailable(f"embedding model unavailable: {err.message()}", reason="MODEL_UNAVAILABLE") from err
+        vectors = result.as_numpy("embedding")
+        if vectors is None or vectors.shape != (len(texts), self.dim):
+            raise Unavailable("embedding model answered with an unexpected shape", reason="MODEL_BAD_OUTPUT")
+        return vectors.astype(np.float32, copy=False)
+
+    async def close(self) -> None:
+        await self._client.close()

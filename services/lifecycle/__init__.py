@@ -1,0 +1,1 @@
+"""MemLifecycle service."""

@@ -1,0 +1,184 @@
+"""ReaderService: validate everything first, then embed, then append to the write log."""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import hashlib
+import logging
+import re
+import uuid
+from contextlib import AsyncExitStack
+
+from google.protobuf import timestamp_pb2
+
+from memos.reader.v1 import reader_pb2, reader_pb2_grpc
+from memos.type.v1 import memory_pb2
+from memos.vault.v1 import commands_pb2
+from services.common import validation
+from services.common.bus import connect, ensure_streams, wait_applied
+from services.common.embedder import Embedder
+from services.common.errors import InvalidArgument
+from services.common.grpc_host import Component, Registration
+from services.common.writes import publish_write
+
+from .extract import Turn, document_items, turn_items
+from .settings import ReaderSettings
+from .timeparse import parse_time
+
+log = logging.getLogger(__name__)
+
+SOURCE_ID_PATTERN = re.compile(r"^[\w:.#/@+-]{1,128}$")
+MAX_SPEAKER_CHARS = 128
+# Until governance issues tokens (issue 5), writes are attributed to the local principal.
+LOCAL_PRINCIPAL = "principals/local"
+
+
+def _check_id(value: str, field: str) -> None:
+    if value and not SOURCE_ID_PATTERN.match(value):
+        raise InvalidArgument(
+            f"{field} {value[:80]!r} is malformed: 1-128 letters, digits or _:.#/@+-",
+            reason="MALFORMED_ID",
+            field=field,
+        )
+
+
+def _check_text(value: str, field: str, max_bytes: int, *, required: bool) -> str:
+    text = value.strip()
+    if required and not text:
+        raise InvalidArgument(f"{field} is empty", reason="EMPTY_TEXT", field=field)
+    if len(text.encode()) > max_bytes:
+        raise InvalidArgument(
+            f"{field} is longer than {max_bytes} bytes", reason="TEXT_TOO_LONG", field=field, limit=max_bytes
+        )
+    return text
+
+
+def _resolve_time(ts: timestamp_pb2.Timestamp, text: str, field: str, *, has_ts: bool) -> dt.datetime | None:
+    if has_ts:
+        return ts.ToDatetime(tzinfo=dt.UTC)
+    if not text:
+        return None
+    try:
+        return parse_time(text)
+    except ValueError as err:
+        raise InvalidArgument(f"{field}: {err}", reason="TIME_UNPARSEABLE", field=field) from err
+
+
+def _now() -> timestamp_pb2.Timestamp:
+    ts = timestamp_pb2.Timestamp()
+    ts.FromDatetime(dt.datetime.now(dt.UTC))
+    return ts
+
+
+class ReaderServicer(reader_pb2_grpc.ReaderServiceServicer):
+    def __init__(self, settings: ReaderSettings, js, embedder: Embedder) -> None:
+        self._settings = settings
+        self._js = js
+        self._embedder = embedder
+
+    def _turns(self, request: reader_pb2.AddMessagesRequest, request_id: str) -> list[Turn]:
+        if not request.messages:
+            raise InvalidArgument("messages is empty", reason="EMPTY_MESSAGES", field="messages")
+        if len(request.messages) > self._settings.max_messages:
+            raise InvalidArgument(
+                f"{len(request.messages)} messages; at most {self._settings.max_messages} a request",
+                reason="TOO_MANY_MESSAGES",
+                limit=self._settings.max_messages,
+            )
+        turns, seen = [], set()
+        max_bytes = self._settings.max_text_bytes
+        for i, m in enumerate(request.messages):
+            field = f"messages[{i}]"
+            _check_id(m.id, f"{field}.id")
+            _check_id(m.session_id, f"{field}.session_id")
+            if len(m.speaker) > MAX_SPEAKER_CHARS:
+                raise InvalidArgument(f"{field}.speaker is too long", reason="SPEAKER_TOO_LONG", field=field)
+            turn_id = m.id or f"{request_id}:{i}"
+            if turn_id in seen:
+                raise InvalidArgument(f"{field}.id {turn_id!r} repeats", reason="DUPLICATE_TURN_ID", field=field)
+            seen.add(turn_id)
+            turns.append(
+                Turn(
+                    id=turn_id,
+                    speaker=m.speaker.strip(),
+                    text=_check_text(m.text, f"{field}.text", max_bytes, required=True),
+                    session_id=m.session_id,
+                    time=_resolve_time(m.time, m.time_text, f"{field}.time_text", has_ts=m.HasField("time")),
+                    image_caption=_check_text(m.image_caption, f"{field}.image_caption", max_bytes, required=False),
+                )
+            )
+        return turns
+
+    async def _write(
+        self, cube_id: str, items: list[memory_pb2.Memory], wait: bool
+    ) -> tuple[list[str], int, bool]:
+        """Embed and append one put per item; with ``wait``, until the vault applied them."""
+        vectors = await self._embedder.embed([item.text for item in items])
+        limit = asyncio.Semaphore(self._settings.publish_concurrency)
+
+        async def put(item: memory_pb2.Memory, vector) -> int:
+            command = commands_pb2.WriteCommand(put=commands_pb2.PutMemory(memory=item, embedding=vector.tolist()))
+            async with limit:
+                seq, _ = await publish_write(self._js, cube_id, command, msg_id=f"{item.name}/v1")
+            return seq
+
+        sequences = await asyncio.gather(*(put(item, v) for item, v in zip(items, vectors, strict=True)))
+        last = max(sequences)
+        if wait:
+            await wait_applied(self._js, last, timeout=self._settings.wait_applied_timeout_seconds)
+        return [item.name for item in items], last, wait
+
+    async def AddMessages(self, request, context):
+        cube_id = validation.cube_id(request.cube_id)
+        request_id = validation.request_id(request.request_id) or uuid.uuid4().hex
+        turns = self._turns(request, request_id)
+        items = turn_items(cube_id, turns, request_id=request_id, principal=LOCAL_PRINCIPAL, now=_now())
+        names, seq, applied = await self._write(cube_id, items, request.wait_applied)
+        log.info("added %d turn items to %s", len(names), cube_id, extra={"cube": cube_id, "log_seq": seq})
+        return reader_pb2.AddMessagesResponse(memory_names=names, log_sequence=seq, applied=applied)
+
+    async def AddDocument(self, request, context):
+        cube_id = validation.cube_id(request.cube_id)
+        request_id = validation.request_id(request.request_id) or uuid.uuid4().hex
+        _check_id(request.document_id, "document_id")
+        text = _check_text(request.text, "text", self._settings.max_document_bytes, required=True)
+        title = _check_text(request.title, "title", 1024, required=False)
+        for i, tag in enumerate(request.tags):
+            _check_id(tag, f"tags[{i}]")
+        document_id = request.document_id or hashlib.sha256(text.encode()).hexdigest()[:24]
+        time = request.time.ToDatetime(tzinfo=dt.UTC) if request.HasField("time") else None
+        items = document_items(
+            cube_id,
+            document_id=document_id,
+            title=title,
+            text=text,
+            time=time,
+            tags=list(request.tags),
+            target_tokens=self._settings.document_chunk_tokens,
+            request_id=request_id,
+            principal=LOCAL_PRINCIPAL,
+            now=_now(),
+        )
+        names, seq, applied = await self._write(cube_id, items, request.wait_applied)
+        log.info("added document %s to %s as %d items", document_id, cube_id, len(names))
+        return reader_pb2.AddDocumentResponse(memory_names=names, log_sequence=seq, applied=applied)
+
+
+async def setup(stack: AsyncExitStack, settings: ReaderSettings) -> Component:
+    nc = await connect(settings.nats_url, "reader")
+    stack.push_async_callback(nc.drain)
+    js = nc.jetstream()
+    await ensure_streams(js)
+    embedder = Embedder(settings)
+    stack.push_async_callback(embedder.close)
+    servicer = ReaderServicer(settings, js, embedder)
+    return Component(
+        registrations=[
+            Registration(
+                reader_pb2_grpc.add_ReaderServiceServicer_to_server,
+                servicer,
+                reader_pb2.DESCRIPTOR.services_by_name["ReaderService"].full_name,
+            )
+        ]
+    )

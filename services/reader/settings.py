@@ -1,0 +1,19 @@
+from __future__ import annotations
+
+from pydantic import Field
+from pydantic_settings import SettingsConfigDict
+
+from services.common.settings import EmbedderSettings, ServiceSettings
+
+
+class ReaderSettings(ServiceSettings, EmbedderSettings):
+    """MEMOS_READER_*."""
+
+    model_config = SettingsConfigDict(env_prefix="MEMOS_READER_", extra="ignore", frozen=True)
+
+    max_messages: int = Field(1000, gt=0, description="messages in one AddMessages request")
+    max_text_bytes: int = Field(64 * 1024, gt=0, description="UTF-8 bytes of one message or caption")
+    max_document_bytes: int = Field(4 * 1024 * 1024, gt=0)
+    document_chunk_tokens: int = Field(200, gt=10, description="target size of a document chunk")
+    publish_concurrency: int = Field(64, gt=0, description="write commands in flight at once")
+    wait_applied_timeout_seconds: float = Field(60.0, gt=0)

@@ -1,0 +1,1 @@
+"""MemScheduler: chooses memories for a task and assembles them under a token budget."""

@@ -1,0 +1,1 @@
+"""MemStore service."""

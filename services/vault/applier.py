@@ -1,0 +1,217 @@
+"""Applies the write log to the index: durable pull consumer, explicit acks, idempotent commands.
+
+Rules (per memory, in log order):
+- put of version N applies when the stored head is version N-1 (none counts as 0); the old
+  head becomes a version point. N equal to the stored version is a redelivery: its event is
+  published again (deduplicated by ce-id). Anything else is a conflict and is skipped.
+- delete replaces the head by a tombstone and drops the version points; puts on a tombstone
+  are skipped, so replaying an old write never resurrects a deleted memory.
+A command is acked only after its effects are in the index and its event is on the bus.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from dataclasses import dataclass, field
+from typing import Any
+
+from nats.aio.msg import Msg
+from nats.js import JetStreamContext
+from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
+from nats.js.errors import NotFoundError
+from opentelemetry import trace
+
+from memos.events.v1 import events_pb2
+from memos.vault.v1 import commands_pb2
+from memos_sdk.wire import SUBJECT_PREFIX, EventKind, Stream
+from services.common import validation
+from services.common.bus import VAULT_CONSUMER
+from services.common.errors import InvalidArgument
+from services.common.events import publish_event
+from services.common.telemetry import extract_context
+
+from . import records
+from .index import EdgeIndex, IndexPoint, memory_filter
+from .records import Role
+
+log = logging.getLogger(__name__)
+tracer = trace.get_tracer("memos.vault")
+
+SOURCE = "memos/vault"
+
+
+@dataclass
+class _Event:
+    cube_id: str
+    kind: EventKind
+    subject: str
+    event_id: str
+    payload: Any
+    context: Any
+
+
+@dataclass
+class _Batch:
+    heads: dict[str, dict[str, Any]]
+    upserts: dict[str, IndexPoint] = field(default_factory=dict)
+    delete_filters: list[Any] = field(default_factory=list)
+    events: list[_Event] = field(default_factory=list)
+
+
+class Applier:
+    def __init__(self, js: JetStreamContext, index: EdgeIndex, *, batch_size: int, ack_wait_seconds: float) -> None:
+        self._js = js
+        self._index = index
+        self._batch_size = batch_size
+        self._ack_wait = ack_wait_seconds
+        self._stopping = asyncio.Event()
+        self._idle = asyncio.Event()
+        self._idle.set()
+
+    async def prepare(self) -> None:
+        """Create the durable consumer; with a new, empty index, rewind it to replay the whole log."""
+        config = ConsumerConfig(
+            durable_name=VAULT_CONSUMER,
+            ack_policy=AckPolicy.EXPLICIT,
+            deliver_policy=DeliverPolicy.ALL,
+            filter_subject=f"{SUBJECT_PREFIX}.writes.>",
+            ack_wait=self._ack_wait,
+            max_ack_pending=self._batch_size * 8,
+            max_deliver=-1,
+        )
+        if self._index.created:
+            try:
+                await self._js.delete_consumer(Stream.WRITES, VAULT_CONSUMER)
+                log.warning("index is new: replaying the write log from the start")
+            except NotFoundError:
+                pass
+        await self._js.add_consumer(Stream.WRITES, config)
+        self._sub = await self._js.pull_subscribe_bind(durable=VAULT_CONSUMER, stream=Stream.WRITES)
+
+    async def run(self) -> None:
+        while not self._stopping.is_set():
+            try:
+                msgs = await self._sub.fetch(self._batch_size, timeout=1.0)
+            except TimeoutError:
+                continue
+            except Exception as err:  # the bus reconnects by itself; don't spin
+                if self._stopping.is_set():
+                    break
+                log.warning("fetch from the write log failed: %s", err)
+                await asyncio.sleep(0.5)
+                continue
+            self._idle.clear()
+            try:
+                await self.apply(msgs)
+            finally:
+                self._idle.set()
+
+    async def stop(self) -> None:
+        """Stop fetching; the batch in flight finishes and is acked."""
+        self._stopping.set()
+        await self._idle.wait()
+        # A pull subscription left open makes the connection's drain wait forever.
+        await self._sub.unsubscribe()
+
+    async def apply(self, msgs: list[Msg]) -> None:
+        commands: list[tuple[Msg, commands_pb2.WriteCommand]] = []
+        for msg in msgs:
+            command = commands_pb2.WriteCommand()
+            try:
+                command.ParseFromString(msg.data)
+                _check(command)
+            except Exception as err:
+                log.error("dropping malformed write command seq=%s: %s", msg.metadata.sequence.stream, err)
+                await msg.term()
+                continue
+            commands.append((msg, command))
+        if not commands:
+            return
+        batch = _Batch(heads=await self._index.retrieve(sorted({_head_of(c) for _, c in commands})))
+        for msg, command in commands:
+            parent = extract_context(msg.headers)
+            with tracer.start_as_current_span("vault.apply", context=parent, kind=trace.SpanKind.CONSUMER):
+                if command.HasField("put"):
+                    self._put(batch, command.put, parent)
+                else:
+                    self._delete(batch, command.delete.name, parent)
+        await self._index.write(list(batch.upserts.values()), batch.delete_filters)
+        await asyncio.gather(*(self._publish(e) for e in batch.events))
+        await asyncio.gather(*(msg.ack() for msg, _ in commands))
+
+    def _put(self, batch: _Batch, put: commands_pb2.PutMemory, parent: Any) -> None:
+        memory = put.memory
+        head_id = records.head_id(memory.cube_id, memory.memory_id)
+        head = batch.heads.get(head_id)
+        stored = int(head["version"]) if head else 0
+        if head and head["role"] == Role.TOMBSTONE:
+            log.info("skipping write to deleted memory %s", memory.name)
+            return
+        if memory.version == stored + 1:
+            if head:
+                previous = records.memory_of(head)
+                vid = records.version_id(memory.cube_id, memory.memory_id, stored)
+                batch.upserts[vid] = IndexPoint(vid, records.payload(previous, Role.VERSION))
+            fields = records.payload(memory, Role.HEAD)
+            batch.upserts[head_id] = IndexPoint(head_id, fields, dense=list(put.embedding), text=memory.text)
+            batch.heads[head_id] = fields
+        elif memory.version != stored:
+            log.warning("skipping version %d of %s: stored version is %d", memory.version, memory.name, stored)
+            return
+        if memory.version == 1:
+            kind, payload = EventKind.MEMORY_CREATED, events_pb2.MemoryCreated(memory=memory)
+        else:
+            kind = EventKind.MEMORY_UPDATED
+            payload = events_pb2.MemoryUpdated(memory=memory, previous_version=memory.version - 1)
+        event_id = f"{memory.cube_id}.{memory.memory_id}.v{memory.version}.{kind.value}"
+        batch.events.append(_Event(memory.cube_id, kind, memory.name, event_id, payload, parent))
+
+    def _delete(self, batch: _Batch, name: str, parent: Any) -> None:
+        cube_id, memory_id = validation.memory_name(name)
+        head_id = records.head_id(cube_id, memory_id)
+        head = batch.heads.get(head_id)
+        if head is None:
+            return
+        version = int(head["version"])
+        if head["role"] != Role.TOMBSTONE:
+            fields = records.tombstone(cube_id, memory_id, version)
+            batch.upserts[head_id] = IndexPoint(head_id, fields)
+            batch.heads[head_id] = fields
+            batch.delete_filters.append(memory_filter(cube_id, Role.VERSION, memory_id=memory_id))
+        payload = events_pb2.MemoryDeleted(name=name, cube_id=cube_id, version=version)
+        event_id = f"{cube_id}.{memory_id}.deleted"
+        batch.events.append(_Event(cube_id, EventKind.MEMORY_DELETED, name, event_id, payload, parent))
+
+    async def _publish(self, event: _Event) -> None:
+        with tracer.start_as_current_span("vault.publish_event", context=event.context):
+            await publish_event(
+                self._js,
+                cube_id=event.cube_id,
+                kind=event.kind,
+                subject=event.subject,
+                event_id=event.event_id,
+                payload=event.payload,
+                source=SOURCE,
+            )
+
+
+def _check(command: commands_pb2.WriteCommand) -> None:
+    if command.HasField("put"):
+        memory = command.put.memory
+        if memory.name != f"cubes/{memory.cube_id}/memories/{memory.memory_id}" or memory.version < 1:
+            raise InvalidArgument("put carries an inconsistent memory header")
+        validation.memory_name(memory.name)
+        if not command.put.embedding:
+            raise InvalidArgument("put carries no embedding")
+    elif command.HasField("delete"):
+        validation.memory_name(command.delete.name)
+    else:
+        raise InvalidArgument("empty write command")
+
+
+def _head_of(command: commands_pb2.WriteCommand) -> str:
+    if command.HasField("put"):
+        return records.head_id(command.put.memory.cube_id, command.put.memory.memory_id)
+    cube_id, memory_id = validation.memory_name(command.delete.name)
+    return records.head_id(cube_id, memory_id)

@@ -1,0 +1,198 @@
+"""VaultService: reads straight from the index, writes through the write log."""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+import uuid
+from contextlib import AsyncExitStack
+
+from google.protobuf import timestamp_pb2
+
+from memos.type.v1 import memory_pb2
+from memos.vault.v1 import commands_pb2, vault_pb2, vault_pb2_grpc
+from services.common import validation
+from services.common.bus import connect, ensure_streams, wait_applied
+from services.common.embedder import Embedder
+from services.common.errors import Aborted, InvalidArgument, NotFound
+from services.common.grpc_host import Component, Registration
+from services.common.pagination import PageTokens
+from services.common.writes import publish_write
+
+from . import records
+from .applier import Applier
+from .index import EdgeIndex, memory_filter
+from .records import Role
+from .settings import VaultSettings
+
+log = logging.getLogger(__name__)
+
+MAX_QUERY_LIMIT = 200
+MAX_QUERY_TEXT_CHARS = 4096
+UPDATABLE_PATHS = {"text", "tags", "labels", "event_time", "speaker"}
+
+
+class VaultServicer(vault_pb2_grpc.VaultServiceServicer):
+    def __init__(self, settings: VaultSettings, index: EdgeIndex, js, embedder: Embedder) -> None:
+        self._settings = settings
+        self._index = index
+        self._js = js
+        self._embedder = embedder
+        self._tokens = PageTokens(settings.page_token_secret)
+
+    async def _head(self, name: str) -> memory_pb2.Memory:
+        cube_id, memory_id = validation.memory_name(name)
+        found = await self._index.retrieve([records.head_id(cube_id, memory_id)])
+        fields = next(iter(found.values()), None)
+        if not fields or fields.get("role") != Role.HEAD or fields.get("cube") != cube_id:
+            raise NotFound(f"memory {name} does not exist", reason="MEMORY_NOT_FOUND", name=name)
+        return records.memory_of(fields)
+
+    async def GetMemory(self, request, context):
+        return await self._head(request.name)
+
+    async def ListMemories(self, request, context):
+        cube_id = validation.cube_id(request.cube_id)
+        size = validation.page_size(request.page_size, default=100, maximum=1000)
+        query = cube_id.encode() + b"\0" + request.filter.SerializeToString(deterministic=True)
+        offset = self._tokens.decode(request.page_token, query)
+        payloads, next_offset = await self._index.scroll(
+            memory_filter(cube_id, Role.HEAD, request.filter), offset, size
+        )
+        return vault_pb2.ListMemoriesResponse(
+            memories=[records.memory_of(p) for p in payloads],
+            next_page_token=self._tokens.encode(query, next_offset) if next_offset else "",
+        )
+
+    async def Query(self, request, context):
+        cube_id = validation.cube_id(request.cube_id)
+        if request.limit < 0 or request.limit > MAX_QUERY_LIMIT:
+            raise InvalidArgument(f"limit must be 0..{MAX_QUERY_LIMIT}", reason="INVALID_LIMIT")
+        if len(request.text) > MAX_QUERY_TEXT_CHARS:
+            raise InvalidArgument(f"text longer than {MAX_QUERY_TEXT_CHARS} characters", reason="QUERY_TOO_LONG")
+        if request.embedding and len(request.embedding) != self._embedder.dim:
+            raise InvalidArgument(
+                f"embedding has {len(request.embedding)} dimensions, the index {self._embedder.dim}",
+                reason="EMBEDDING_DIMENSION_MISMATCH",
+            )
+        if not request.embedding and not request.text.strip():
+            raise InvalidArgument("give text, an embedding, or both", reason="EMPTY_QUERY")
+        limit = request.limit or 20
+        hits = await self._index.hybrid(
+            memory_filter(cube_id, Role.HEAD, request.filter),
+            dense=list(request.embedding) or None,
+            text=request.text,
+            limit=limit,
+            prefetch=limit * self._settings.prefetch_factor,
+            rrf_k=self._settings.rrf_k,
+        )
+        return vault_pb2.QueryResponse(
+            results=[memory_pb2.ScoredMemory(memory=records.memory_of(p), score=s) for p, s in hits]
+        )
+
+    async def UpdateMemory(self, request, context):
+        request_id = validation.request_id(request.request_id) or uuid.uuid4().hex
+        paths = set(request.update_mask.paths)
+        if not paths:
+            raise InvalidArgument("update_mask names no field", reason="EMPTY_UPDATE_MASK")
+        if unknown := paths - UPDATABLE_PATHS:
+            raise InvalidArgument(
+                f"fields {sorted(unknown)} cannot be updated; allowed: {sorted(UPDATABLE_PATHS)}",
+                reason="FIELD_NOT_UPDATABLE",
+            )
+        current = await self._head(request.memory.name)
+        if request.expected_version and request.expected_version != current.version:
+            raise Aborted(
+                f"{current.name} is at version {current.version}, not {request.expected_version}",
+                reason="VERSION_MISMATCH",
+                current_version=current.version,
+            )
+        updated = memory_pb2.Memory()
+        updated.CopyFrom(current)
+        request.update_mask.MergeMessage(
+            request.memory, updated, replace_message_field=True, replace_repeated_field=True
+        )
+        if not updated.text.strip():
+            raise InvalidArgument("text must not be empty", reason="EMPTY_TEXT")
+        updated.version = current.version + 1
+        updated.update_time.CopyFrom(_now())
+        updated.provenance.request_id = request_id
+        if updated.text != current.text:
+            embedding = (await self._embedder.embed([updated.text]))[0].tolist()
+        else:
+            head_id = records.head_id(current.cube_id, current.memory_id)
+            embedding = await self._index.retrieve_vectors(head_id) or []
+        command = commands_pb2.WriteCommand(put=commands_pb2.PutMemory(memory=updated, embedding=embedding))
+        seq, _ = await publish_write(
+            self._js, updated.cube_id, command, msg_id=f"{updated.name}/v{updated.version}/{request_id}"
+        )
+        await wait_applied(self._js, seq, timeout=self._settings.wait_applied_timeout_seconds)
+        stored = await self._head(updated.name)
+        if stored.version != updated.version or stored.provenance.request_id != request_id:
+            raise Aborted(f"a concurrent update of {updated.name} won; re-read and retry", reason="CONFLICT")
+        return stored
+
+    async def DeleteMemory(self, request, context):
+        validation.request_id(request.request_id)
+        current = await self._head(request.name)
+        command = commands_pb2.WriteCommand(delete=commands_pb2.DeleteMemoryCommand(name=current.name))
+        seq, _ = await publish_write(
+            self._js, current.cube_id, command, msg_id=f"{current.name}/delete/v{current.version}"
+        )
+        await wait_applied(self._js, seq, timeout=self._settings.wait_applied_timeout_seconds)
+        return vault_pb2.DeleteMemoryResponse(name=current.name, version=current.version)
+
+    async def ListVersions(self, request, context):
+        head = await self._head(request.name)
+        size = validation.page_size(request.page_size, default=20, maximum=100)
+        offset = self._tokens.decode(request.page_token, request.name.encode()) or 0
+        if not isinstance(offset, int) or offset < 0:
+            raise InvalidArgument("page_token is malformed", reason="INVALID_PAGE_TOKEN")
+        older, cursor = [], None
+        while True:
+            flt = memory_filter(head.cube_id, Role.VERSION, memory_id=head.memory_id)
+            payloads, cursor = await self._index.scroll(flt, cursor, 256)
+            older += [records.memory_of(p) for p in payloads]
+            if cursor is None:
+                break
+        versions = [head, *sorted(older, key=lambda m: m.version, reverse=True)]
+        page = versions[offset : offset + size]
+        more = offset + size < len(versions)
+        return vault_pb2.ListVersionsResponse(
+            versions=page,
+            next_page_token=self._tokens.encode(request.name.encode(), offset + size) if more else "",
+        )
+
+
+def _now() -> timestamp_pb2.Timestamp:
+    ts = timestamp_pb2.Timestamp()
+    ts.FromDatetime(dt.datetime.now(dt.UTC))
+    return ts
+
+
+async def setup(stack: AsyncExitStack, settings: VaultSettings) -> Component:
+    nc = await connect(settings.nats_url, "vault")
+    stack.push_async_callback(nc.drain)
+    js = nc.jetstream()
+    await ensure_streams(js)
+    embedder = Embedder(settings)
+    stack.push_async_callback(embedder.close)
+    index = EdgeIndex(settings.data_dir / "index", dim=settings.embed_dim, bm25_avg_len=settings.bm25_avg_len)
+    await index.open()
+    stack.push_async_callback(index.close)
+    applier = Applier(
+        js, index, batch_size=settings.apply_batch_size, ack_wait_seconds=settings.apply_ack_wait_seconds
+    )
+    await applier.prepare()
+    servicer = VaultServicer(settings, index, js, embedder)
+    return Component(
+        registrations=[
+            Registration(
+                vault_pb2_grpc.add_VaultServiceServicer_to_server,
+                servicer,
+                vault_pb2.DESCRIPTOR.services_by_name["VaultService"].full_name,
+            )
+        ],
+        background=[applier.run],
+        on_stop=applier.stop,
+    )

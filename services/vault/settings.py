@@ -1,0 +1,23 @@
+from __future__ import annotations
+
+from pathlib import Path
+
+from pydantic import Field
+from pydantic_settings import SettingsConfigDict
+
+from services.common.settings import EmbedderSettings, ServiceSettings
+
+
+class VaultSettings(ServiceSettings, EmbedderSettings):
+    """MEMOS_VAULT_*."""
+
+    model_config = SettingsConfigDict(env_prefix="MEMOS_VAULT_", extra="ignore", frozen=True)
+
+    data_dir: Path = Field(Path(".run/vault"), description="Qdrant Edge shard lives in <data_dir>/index")
+    apply_batch_size: int = Field(256, gt=0, description="write commands applied together")
+    apply_ack_wait_seconds: float = Field(30.0, gt=0, description="redelivery delay of an unacked command")
+    wait_applied_timeout_seconds: float = Field(30.0, gt=0)
+    bm25_avg_len: float = Field(32.0, gt=0, description="expected item length in tokens, for BM25 length norm")
+    rrf_k: int = Field(60, gt=0, description="reciprocal-rank fusion constant")
+    prefetch_factor: int = Field(4, gt=0, description="candidates fetched per side = limit * factor")
+    page_token_secret: str = Field("memos-page-token", description="keys the page-token checksum")
