@@ -1,0 +1,166 @@
+"""Real parts for the tests: a nats-server per test (JetStream in a temp dir), one Triton for the
+session (the inference service as a process), and the other services in-process on port 0."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import socket
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import AsyncIterator, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+from opentelemetry import trace
+from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+
+from memos_sdk import Endpoints, MemosClient
+from services.common.grpc_host import ServiceHost
+from services.launcher.mesh import _bin, health_status
+from services.reader.server import setup as reader_setup
+from services.reader.settings import ReaderSettings
+from services.scheduler.server import setup as scheduler_setup
+from services.scheduler.settings import SchedulerSettings
+from services.vault.server import setup as vault_setup
+from services.vault.settings import VaultSettings
+
+ROOT = Path(__file__).resolve().parents[1]
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+# One tracer provider for the whole test process, recording in memory (services reuse it).
+SPANS = InMemorySpanExporter()
+_provider = TracerProvider()
+_provider.add_span_processor(SimpleSpanProcessor(SPANS))
+trace.set_tracer_provider(_provider)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_for(predicate, timeout: float, what: str, proc: subprocess.Popen | None = None) -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if proc is not None and proc.poll() is not None:
+            raise RuntimeError(f"{what} exited with {proc.returncode}")
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"{what} not ready after {timeout}s")
+        time.sleep(0.1)
+
+
+def port_open(port: int) -> bool:
+    with socket.socket() as s:
+        return s.connect_ex(("127.0.0.1", port)) == 0
+
+
+@dataclass
+class NatsServer:
+    url: str
+    port: int
+    store: Path
+    proc: subprocess.Popen
+
+    def stop(self) -> None:
+        self.proc.terminate()
+        self.proc.wait(timeout=10)
+
+
+def start_nats(store: Path, port: int | None = None) -> NatsServer:
+    port = port or free_port()
+    store.mkdir(parents=True, exist_ok=True)
+    config = store.parent / f"nats-{port}.conf"
+    config.write_text(
+        f"listen: 127.0.0.1:{port}\njetstream {{\n  store_dir: \"{store}\"\n  sync_interval: always\n}}\n"
+    )
+    proc = subprocess.Popen([_bin("nats-server"), "-c", str(config)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    wait_for(lambda: port_open(port), 20, "nats-server", proc)
+    return NatsServer(f"nats://127.0.0.1:{port}", port, store, proc)
+
+
+@pytest.fixture
+def nats(tmp_path: Path) -> Iterator[NatsServer]:
+    server = start_nats(tmp_path / "nats")
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="session")
+def triton_addr(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """The inference service as a real process: PyTriton serving the embedding model."""
+    grpc_port, health_port = free_port(), free_port()
+    log_dir = tmp_path_factory.mktemp("inference")
+    env = {
+        **os.environ,
+        "MEMOS_INFERENCE_GRPC_ADDR": f"127.0.0.1:{health_port}",
+        "MEMOS_INFERENCE_TRITON_GRPC_PORT": str(grpc_port),
+        "MEMOS_INFERENCE_TRITON_HTTP_PORT": str(free_port()),
+        "MEMOS_INFERENCE_TRITON_METRICS_PORT": str(free_port()),
+        "MEMOS_INFERENCE_LOG_DIR": str(log_dir),
+    }
+    with open(log_dir / "inference.log", "wb") as log:
+        proc = subprocess.Popen([sys.executable, "-m", "services.inference"], env=env, stdout=log, stderr=log, cwd=ROOT)
+    try:
+        wait_for(lambda: health_status(f"127.0.0.1:{health_port}") == 1, 300, "inference", proc)
+        yield f"127.0.0.1:{grpc_port}"
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+
+
+def service_settings(nats_url: str, triton_addr: str, data_dir: Path) -> dict[str, object]:
+    """Settings of reader, vault and scheduler for an in-process mesh."""
+    common = {"nats_url": nats_url, "inference_addr": triton_addr, "log_format": "text"}
+    return {
+        "vault": VaultSettings(**common, data_dir=data_dir / "vault", wait_applied_timeout_seconds=60),
+        "reader": ReaderSettings(**common),
+        "scheduler": lambda vault_addr: SchedulerSettings(**common, vault_addr=vault_addr),
+    }
+
+
+@dataclass
+class InProcessMesh:
+    client: MemosClient
+    vault: ServiceHost
+    reader: ServiceHost
+    scheduler: ServiceHost
+    nats: NatsServer
+
+
+@contextlib.asynccontextmanager
+async def in_process_mesh(nats: NatsServer, triton_addr: str, data_dir: Path) -> AsyncIterator[InProcessMesh]:
+    settings = service_settings(nats.url, triton_addr, data_dir)
+    async with (
+        ServiceHost("vault", settings["vault"], vault_setup) as vault,
+        ServiceHost("reader", settings["reader"], reader_setup) as reader,
+        ServiceHost("scheduler", settings["scheduler"](f"127.0.0.1:{vault.port}"), scheduler_setup) as scheduler,
+    ):
+        endpoints = Endpoints(
+            reader=f"127.0.0.1:{reader.port}",
+            vault=f"127.0.0.1:{vault.port}",
+            scheduler=f"127.0.0.1:{scheduler.port}",
+            nats_url=nats.url,
+        )
+        async with MemosClient(endpoints, timeout_seconds=120) as client:
+            yield InProcessMesh(client, vault, reader, scheduler, nats)
+
+
+@pytest.fixture
+async def mesh(nats: NatsServer, triton_addr: str, tmp_path: Path) -> AsyncIterator[InProcessMesh]:
+    async with in_process_mesh(nats, triton_addr, tmp_path) as running:
+        yield running
+
+
+@pytest.fixture
+def cube() -> str:
+    return f"test-{uuid.uuid4().hex[:10]}"

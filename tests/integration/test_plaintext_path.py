@@ -1,0 +1,154 @@
+"""Plaintext memory end to end through reader, write log, vault and scheduler."""
+
+from __future__ import annotations
+
+import asyncio
+
+import grpc
+import nats as nats_client
+import pytest
+
+from memos.events.v1 import events_pb2
+from memos_sdk import MemosAPIError
+from memos_sdk.events import decode_event
+from memos_sdk.wire import EventKind, Header, events_subject
+
+pytestmark = pytest.mark.integration
+
+CONVERSATION = [
+    {"id": "D1:1", "speaker": "Caroline", "text": "I went to the LGBTQ support group yesterday.", "time_text": "1:56 pm on 8 May, 2023", "session_id": "S1"},
+    {"id": "D1:2", "speaker": "Melanie", "text": "That is great! I painted a sunrise over the lake last week.", "time_text": "1:56 pm on 8 May, 2023", "session_id": "S1"},
+    {"id": "D1:3", "speaker": "Caroline", "text": "I am researching adoption agencies for my future family.", "time_text": "1:56 pm on 8 May, 2023", "session_id": "S1"},
+    {"id": "D2:1", "speaker": "Melanie", "text": "We went camping with the kids in the mountains.", "time_text": "2:10 pm on 25 May, 2023", "session_id": "S2"},
+]
+
+
+async def test_add_then_search_finds_the_turn_with_its_provenance(mesh, cube):
+    added = await mesh.client.add_messages(cube, CONVERSATION, wait_applied=True)
+    assert added.applied and len(added.memory_names) == 4 and added.log_sequence > 0
+
+    found = await mesh.client.search(cube, "Which support group did Caroline go to?", top_k=3)
+    top = found.results[0].memory
+    assert [s.turn_id for s in top.provenance.sources] == ["D1:1"]
+    assert top.text == "[8 May 2023] Caroline: I went to the LGBTQ support group yesterday."
+    assert found.results[0].score > 0
+
+    camping = await mesh.client.search(cube, "camping trip in the mountains", top_k=1)
+    assert camping.results[0].memory.provenance.sources[0].turn_id == "D2:1"
+
+
+async def test_token_budget_limits_the_results(mesh, cube):
+    await mesh.client.add_messages(cube, CONVERSATION, wait_applied=True)
+    unlimited = await mesh.client.search(cube, "Caroline Melanie", top_k=10)
+    assert len(unlimited.results) == 4
+    budget = unlimited.results[0].tokens + 1
+    limited = await mesh.client.search(cube, "Caroline Melanie", top_k=10, token_budget=budget)
+    assert 1 <= len(limited.results) < 4
+    assert limited.total_tokens <= budget
+
+
+async def test_a_retried_request_writes_nothing_twice(mesh, cube):
+    first = await mesh.client.add_messages(cube, CONVERSATION, request_id="req-1", wait_applied=True)
+    again = await mesh.client.add_messages(cube, CONVERSATION, request_id="req-1", wait_applied=True)
+    assert first.memory_names == again.memory_names
+    listed = [m async for m in mesh.client.iter_memories(cube)]
+    assert len(listed) == 4
+
+
+async def test_get_list_update_versions_delete(mesh, cube):
+    added = await mesh.client.add_messages(cube, CONVERSATION, wait_applied=True)
+    name = added.memory_names[0]
+
+    memory = await mesh.client.get(name)
+    assert memory.version == 1 and memory.cube_id == cube
+
+    first = await mesh.client.list_page(cube, page_size=3)
+    assert len(first.memories) == 3 and first.next_page_token
+    second = await mesh.client.list_page(cube, page_size=3, page_token=first.next_page_token)
+    assert len(second.memories) == 1 and not second.next_page_token
+    assert {m.name for m in [*first.memories, *second.memories]} == set(added.memory_names)
+    only_melanie = [m async for m in mesh.client.iter_memories(cube, speaker="Melanie")]
+    assert {m.speaker for m in only_melanie} == {"Melanie"} and len(only_melanie) == 2
+
+    updated = await mesh.client.update(name, text="Caroline went to an LGBTQ support group on 7 May 2023.")
+    assert updated.version == 2
+    assert (await mesh.client.get(name)).text.startswith("Caroline went to an LGBTQ")
+    versions = await mesh.client.versions(name)
+    assert [v.version for v in versions] == [2, 1]
+    assert versions[1].text == memory.text  # the old version is kept
+    found = await mesh.client.search(cube, "support group on 7 May", top_k=1)
+    assert found.results[0].memory.version == 2
+
+    with pytest.raises(MemosAPIError) as stale:
+        await mesh.client.update(name, text="x", expected_version=1)
+    assert stale.value.code == grpc.StatusCode.ABORTED and stale.value.reason == "VERSION_MISMATCH"
+
+    deleted = await mesh.client.delete(name)
+    assert deleted.version == 2
+    with pytest.raises(MemosAPIError) as gone:
+        await mesh.client.get(name)
+    assert gone.value.code == grpc.StatusCode.NOT_FOUND and gone.value.reason == "MEMORY_NOT_FOUND"
+    assert name not in {m.name async for m in mesh.client.iter_memories(cube)}
+    found = await mesh.client.search(cube, "support group", top_k=10)
+    assert name not in {r.memory.name for r in found.results}
+
+    # A replay of the original write cannot bring a deleted memory back.
+    await mesh.client.add_messages(cube, CONVERSATION[:1], wait_applied=True)
+    with pytest.raises(MemosAPIError):
+        await mesh.client.get(name)
+
+
+async def test_memory_events_carry_cloudevents_headers_and_protobuf(mesh, cube):
+    nc = await nats_client.connect(mesh.nats.url)
+    received = []
+
+    async def collect(msg):
+        received.append(msg)
+
+    sub = await nc.subscribe(events_subject(cube), cb=collect)
+    try:
+        added = await mesh.client.add_messages(cube, CONVERSATION[:2], wait_applied=True)
+        await mesh.client.delete(added.memory_names[0])
+        for _ in range(100):
+            if len(received) >= 3:
+                break
+            await asyncio.sleep(0.05)
+    finally:
+        await sub.unsubscribe()
+        await nc.drain()
+    events = [decode_event(m.headers, m.data) for m in received]
+    created = [e for e in events if e.type == EventKind.MEMORY_CREATED.ce_type]
+    assert {e.payload.memory.name for e in created} == set(added.memory_names)
+    assert all(isinstance(e.payload, events_pb2.MemoryCreated) for e in created)
+    msg = received[0]
+    for header in (Header.CE_ID, Header.CE_SOURCE, Header.CE_TIME, Header.MSG_ID, Header.CE_SPECVERSION):
+        assert msg.headers.get(header), header
+    assert msg.headers[Header.MSG_ID] == msg.headers[Header.CE_ID]
+    assert msg.subject == events_subject(cube, EventKind.MEMORY_CREATED)
+    deleted = [e for e in events if e.type == EventKind.MEMORY_DELETED.ce_type]
+    assert [e.payload.name for e in deleted] == [added.memory_names[0]]
+
+
+async def test_a_cube_never_sees_another_cubes_memories(mesh, cube):
+    other = cube + "-other"
+    await mesh.client.add_messages(cube, CONVERSATION, wait_applied=True)
+    secret = {"id": "X:1", "speaker": "Eve", "text": "The vault combination is 4711 and the support group meets Fridays."}
+    stored = await mesh.client.add_messages(other, [secret], wait_applied=True)
+
+    found = await mesh.client.search(cube, "vault combination support group Eve 4711", top_k=50)
+    assert all(r.memory.cube_id == cube for r in found.results)
+    assert all("4711" not in r.memory.text for r in found.results)
+    assert all([m.cube_id == cube async for m in mesh.client.iter_memories(cube)])
+    # A name from another cube with this cube's prefix is not found.
+    foreign_id = stored.memory_names[0].rsplit("/", 1)[1]
+    with pytest.raises(MemosAPIError) as err:
+        await mesh.client.get(f"cubes/{cube}/memories/{foreign_id}")
+    assert err.value.code == grpc.StatusCode.NOT_FOUND
+
+
+async def test_add_document_chunks_a_document(mesh, cube):
+    text = "\n\n".join(f"Paragraph {i} talks about topic number {i} in some detail." for i in range(6))
+    reply = await mesh.client.add_document(cube, text, title="Handbook", wait_applied=True)
+    assert len(reply.memory_names) >= 1
+    found = await mesh.client.search(cube, "topic number 4", top_k=1)
+    assert "topic number 4" in found.results[0].memory.text

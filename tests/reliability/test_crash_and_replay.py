@@ -1,0 +1,136 @@
+"""Acknowledged writes survive a kill -9 of the vault; a vault with an empty index rebuilds it from the log."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import shutil
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import nats as nats_client
+import pytest
+
+from memos_sdk import Endpoints, MemosClient
+from services.common.bus import wait_applied
+from services.common.grpc_host import ServiceHost
+from services.launcher.mesh import health_status
+from services.reader.server import setup as reader_setup
+from services.vault.server import setup as vault_setup
+from tests.conftest import ROOT, free_port, service_settings, wait_for
+
+pytestmark = [pytest.mark.integration, pytest.mark.reliability]
+
+BATCHES = 30
+PER_BATCH = 100
+
+
+def _batch(b: int) -> list[dict[str, str]]:
+    return [
+        {"id": f"b{b}:t{i}", "speaker": f"s{i % 3}", "text": f"fact {i} of batch {b}: item {b * PER_BATCH + i}"}
+        for i in range(PER_BATCH)
+    ]
+
+
+class VaultProcess:
+    def __init__(self, nats_url: str, triton_addr: str, data_dir: Path, log: Path) -> None:
+        self.port = free_port()
+        self.addr = f"127.0.0.1:{self.port}"
+        self._env = {
+            **os.environ,
+            "MEMOS_VAULT_GRPC_ADDR": self.addr,
+            "MEMOS_VAULT_NATS_URL": nats_url,
+            "MEMOS_VAULT_INFERENCE_ADDR": triton_addr,
+            "MEMOS_VAULT_DATA_DIR": str(data_dir),
+            "MEMOS_VAULT_APPLY_BATCH_SIZE": "64",
+        }
+        self._log = log
+        self.proc: subprocess.Popen | None = None
+
+    def start(self) -> None:
+        with open(self._log, "ab") as out:
+            self.proc = subprocess.Popen([sys.executable, "-m", "services.vault"], env=self._env, stdout=out, stderr=out, cwd=ROOT)
+        wait_for(lambda: health_status(self.addr) == 1, 60, "vault", self.proc)
+
+    def kill9(self) -> None:
+        self.proc.send_signal(signal.SIGKILL)
+        self.proc.wait()
+
+    def stop(self) -> None:
+        if self.proc and self.proc.poll() is None:
+            self.proc.terminate()
+            self.proc.wait(timeout=30)
+
+
+async def _count_all(client: MemosClient, cube: str) -> tuple[int, set[str]]:
+    names = [m.name async for m in client.iter_memories(cube, page_size=1000)]
+    return len(names), set(names)
+
+
+async def test_acknowledged_writes_survive_kill_9_of_the_vault(nats, triton_addr, tmp_path, cube):
+    vault = VaultProcess(nats.url, triton_addr, tmp_path / "vault", tmp_path / "vault.log")
+    vault.start()
+    settings = service_settings(nats.url, triton_addr, tmp_path)
+    acked: list[str] = []
+    try:
+        async with ServiceHost("reader", settings["reader"], reader_setup) as reader:
+            endpoints = Endpoints(reader=f"127.0.0.1:{reader.port}", vault=vault.addr, scheduler="unused:1", nats_url=nats.url)
+            async with MemosClient(endpoints) as client:
+                killed = asyncio.Event()
+
+                async def writer(batches: range) -> None:
+                    for b in batches:
+                        reply = await client.add_messages(cube, _batch(b))
+                        acked.extend(reply.memory_names)
+                        if len(acked) >= BATCHES * PER_BATCH // 3 and not killed.is_set():
+                            killed.set()
+                            vault.kill9()  # in the middle of applying: the log keeps growing meanwhile
+
+                await asyncio.gather(*(writer(range(w, BATCHES, 3)) for w in range(3)))
+                assert killed.is_set()
+                vault.start()
+                nc = await nats_client.connect(nats.url)
+                try:
+                    info = await nc.jetstream().stream_info("MEMOS_WRITES")
+                    await wait_applied(nc.jetstream(), info.state.last_seq, timeout=180)
+                finally:
+                    await nc.close()
+                count, names = await _count_all(client, cube)
+    finally:
+        vault.stop()
+    assert len(acked) == BATCHES * PER_BATCH
+    assert count == len(names) == len(acked)  # present exactly once
+    assert names == set(acked)  # no loss
+
+
+async def test_a_vault_with_an_empty_index_rebuilds_it_from_the_log(nats, triton_addr, tmp_path, cube):
+    settings = service_settings(nats.url, triton_addr, tmp_path)
+    vault_settings = settings["vault"]
+    async with ServiceHost("vault", vault_settings, vault_setup) as vault:
+        async with ServiceHost("reader", settings["reader"], reader_setup) as reader:
+            endpoints = Endpoints(f"127.0.0.1:{reader.port}", f"127.0.0.1:{vault.port}", "unused:1", nats.url)
+            async with MemosClient(endpoints) as client:
+                added = []
+                for b in range(3):
+                    added += (await client.add_messages(cube, _batch(b), wait_applied=True)).memory_names
+                updated = await client.update(added[0], text="a corrected fact")
+                await client.delete(added[1])
+    shutil.rmtree(vault_settings.data_dir / "index")
+
+    async with ServiceHost("vault", vault_settings, vault_setup) as vault:
+        endpoints = Endpoints("unused:1", f"127.0.0.1:{vault.port}", "unused:1", nats.url)
+        async with MemosClient(endpoints) as client:
+            nc = await nats_client.connect(nats.url)
+            try:
+                info = await nc.jetstream().stream_info("MEMOS_WRITES")
+                await wait_applied(nc.jetstream(), info.state.last_seq, timeout=120)
+            finally:
+                await nc.close()
+            count, names = await _count_all(client, cube)
+            assert count == len(added) - 1
+            assert names == set(added) - {added[1]}
+            rebuilt = await client.get(added[0])
+            assert (rebuilt.version, rebuilt.text) == (2, updated.text)
+            assert [v.version for v in await client.versions(added[0])] == [2, 1]

@@ -1,0 +1,51 @@
+import grpc
+import pytest
+from google.rpc import error_details_pb2
+from grpc_status import rpc_status
+
+from services.common import validation
+from services.common.errors import ERROR_DOMAIN, InvalidArgument, NotFound, to_status
+from services.common.pagination import PageTokens
+
+
+def test_errors_become_statuses_with_error_info():
+    status = to_status(NotFound("memory x does not exist", reason="MEMORY_NOT_FOUND", name="x"))
+    assert status.code == grpc.StatusCode.NOT_FOUND
+    details = dict(status.trailing_metadata)["grpc-status-details-bin"]
+    decoded = rpc_status.status_pb2.Status.FromString(details)
+    info = error_details_pb2.ErrorInfo()
+    decoded.details[0].Unpack(info)
+    assert (info.reason, info.domain, dict(info.metadata)) == ("MEMORY_NOT_FOUND", ERROR_DOMAIN, {"name": "x"})
+
+
+def test_page_tokens_round_trip_and_refuse_other_queries():
+    tokens = PageTokens("secret")
+    token = tokens.encode(b"query-a", "offset-1")
+    assert tokens.decode(token, b"query-a") == "offset-1"
+    assert tokens.decode("", b"query-a") is None
+    with pytest.raises(InvalidArgument) as other:
+        tokens.decode(token, b"query-b")
+    assert other.value.reason == "PAGE_TOKEN_MISMATCH"
+    with pytest.raises(InvalidArgument) as garbage:
+        tokens.decode("not-a-token!", b"query-a")
+    assert garbage.value.reason == "INVALID_PAGE_TOKEN"
+    with pytest.raises(InvalidArgument):
+        PageTokens("other-secret").decode(token, b"query-a")
+
+
+@pytest.mark.parametrize("cube", ["demo", "conv-26", "A_b-9"])
+def test_valid_cube_ids(cube):
+    assert validation.cube_id(cube) == cube
+
+
+@pytest.mark.parametrize("cube", ["", "a.b", "a b", "*", ">", "-lead", "x" * 65])
+def test_malformed_cube_ids(cube):
+    with pytest.raises(InvalidArgument):
+        validation.cube_id(cube)
+
+
+def test_memory_names():
+    assert validation.memory_name("cubes/demo/memories/" + "a" * 32) == ("demo", "a" * 32)
+    for bad in ["", "cubes/demo", "cubes/demo/memories/xyz", "cubes/a.b/memories/" + "a" * 32]:
+        with pytest.raises(InvalidArgument):
+            validation.memory_name(bad)

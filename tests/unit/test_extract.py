@@ -1,0 +1,67 @@
+import datetime as dt
+
+from google.protobuf import timestamp_pb2
+
+from memos.type.v1 import memory_pb2
+from memos_sdk.tokens import count_tokens
+from services.reader.extract import Turn, chunk_text, document_items, turn_items
+
+NOW = timestamp_pb2.Timestamp(seconds=1_700_000_000)
+WHEN = dt.datetime(2023, 5, 8, 13, 56, tzinfo=dt.UTC)
+
+
+def _items(turns):
+    return turn_items("c1", turns, request_id="r1", principal="principals/p", now=NOW)
+
+
+def test_one_item_per_turn_with_date_speaker_and_source():
+    turn = Turn(id="D1:3", speaker="Caroline", text="I went to the support group.", session_id="S1", time=WHEN)
+    (item,) = _items([turn])
+    assert item.text == "[8 May 2023] Caroline: I went to the support group."
+    assert item.speaker == "Caroline"
+    assert [s.turn_id for s in item.provenance.sources] == ["D1:3"]
+    assert item.provenance.sources[0].session_id == "S1"
+    assert item.event_time.ToDatetime(tzinfo=dt.UTC) == WHEN
+    assert item.version == 1
+    assert item.kind == memory_pb2.MEMORY_KIND_PLAINTEXT
+    assert item.name == f"cubes/c1/memories/{item.memory_id}"
+
+
+def test_memory_ids_are_deterministic_per_turn_and_distinct_across_turns():
+    a = Turn(id="D1:1", speaker="a", text="x", session_id="", time=None)
+    b = Turn(id="D1:2", speaker="a", text="x", session_id="", time=None)
+    first, second = _items([a, b])
+    assert first.memory_id != second.memory_id
+    assert _items([a])[0].memory_id == first.memory_id
+
+
+def test_image_caption_is_part_of_the_item_and_no_date_without_time():
+    turn = Turn(id="t", speaker="Mel", text="Look!", session_id="", time=None, image_caption="a sunset over a lake")
+    (item,) = _items([turn])
+    assert item.text == "Mel: Look! [shared an image: a sunset over a lake]"
+    assert not item.HasField("event_time")
+
+
+def test_chunks_respect_the_target_and_keep_every_word():
+    text = "\n\n".join(" ".join(f"word{p}_{i}." for i in range(30)) for p in range(5))
+    chunks = chunk_text(text, target_tokens=40)
+    assert all(count_tokens(c) <= 40 for c in chunks)
+    assert " ".join(chunks).split() == " ".join(text.split()).split()
+
+
+def test_document_items_have_distinct_ids_and_the_document_as_source():
+    items = document_items(
+        "c1",
+        document_id="doc1",
+        title="Notes",
+        text="First paragraph here.\n\nSecond paragraph here.",
+        time=None,
+        tags=["t"],
+        target_tokens=5,
+        request_id="r",
+        principal="p",
+        now=NOW,
+    )
+    assert len(items) == 2
+    assert len({i.memory_id for i in items}) == 2
+    assert all(i.provenance.sources[0].document_id == "doc1" and i.text.startswith("Notes: ") for i in items)
