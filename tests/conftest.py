@@ -78,9 +78,11 @@ def start_nats(store: Path, port: int | None = None) -> NatsServer:
     store.mkdir(parents=True, exist_ok=True)
     config = store.parent / f"nats-{port}.conf"
     config.write_text(
-        f"listen: 127.0.0.1:{port}\njetstream {{\n  store_dir: \"{store}\"\n  sync_interval: always\n}}\n"
+        f'listen: 127.0.0.1:{port}\njetstream {{\n  store_dir: "{store}"\n  sync_interval: always\n}}\n'
     )
-    proc = subprocess.Popen([_bin("nats-server"), "-c", str(config)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen(
+        [_bin("nats-server"), "-c", str(config)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
     wait_for(lambda: port_open(port), 20, "nats-server", proc)
     return NatsServer(f"nats://127.0.0.1:{port}", port, store, proc)
 
@@ -106,7 +108,9 @@ def triton_addr(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
         "MEMOS_INFERENCE_LOG_DIR": str(log_dir),
     }
     with open(log_dir / "inference.log", "wb") as log:
-        proc = subprocess.Popen([sys.executable, "-m", "services.inference"], env=env, stdout=log, stderr=log, cwd=ROOT)
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "services.inference"], env=env, stdout=log, stderr=log, cwd=ROOT
+        )
     try:
         wait_for(lambda: health_status(f"127.0.0.1:{health_port}") == 1, 300, "inference", proc)
         yield f"127.0.0.1:{grpc_port}"
@@ -143,7 +147,9 @@ async def in_process_mesh(nats: NatsServer, triton_addr: str, data_dir: Path) ->
     async with (
         ServiceHost("vault", settings["vault"], vault_setup) as vault,
         ServiceHost("reader", settings["reader"], reader_setup) as reader,
-        ServiceHost("scheduler", settings["scheduler"](f"127.0.0.1:{vault.port}"), scheduler_setup) as scheduler,
+        ServiceHost(
+            "scheduler", settings["scheduler"](f"127.0.0.1:{vault.port}"), scheduler_setup
+        ) as scheduler,
     ):
         endpoints = Endpoints(
             reader=f"127.0.0.1:{reader.port}",

@@ -85,9 +85,9 @@ async def publish(
     return ack.seq, bool(ack.duplicate)
 
 
-async def wait_applied(js: JetStreamContext, sequence: int, *, timeout: float) -> None:
+async def wait_applied(js: JetStreamContext, sequence: int, *, timeout_seconds: float) -> None:
     """Wait until the vault has applied (acked) every write up to ``sequence``."""
-    deadline = time.monotonic() + timeout
+    deadline = time.monotonic() + timeout_seconds
     delay = 0.005
     while True:
         try:
@@ -98,7 +98,7 @@ async def wait_applied(js: JetStreamContext, sequence: int, *, timeout: float) -
             pass  # no vault has started yet
         if time.monotonic() > deadline:
             raise DeadlineExceeded(
-                f"the vault has not applied write {sequence} within {timeout:.0f}s; it is durable and will be",
+                f"the vault has not applied write {sequence} within {timeout_seconds:.0f}s; it is durable and will be",
                 reason="APPLY_PENDING",
                 log_sequence=sequence,
             )

@@ -45,7 +45,9 @@ class Embedder:
                 client_timeout=self._settings.embed_timeout_seconds,
             )
         except InferenceServerException as err:
-            raise Unavailable(f"embedding model unavailable: {err.message()}", reason="MODEL_UNAVAILABLE") from err
+            raise Unavailable(
+                f"embedding model unavailable: {err.message()}", reason="MODEL_UNAVAILABLE"
+            ) from err
         vectors = result.as_numpy("embedding")
         if vectors is None or vectors.shape != (len(texts), self.dim):
             raise Unavailable("embedding model answered with an unexpected shape", reason="MODEL_BAD_OUTPUT")

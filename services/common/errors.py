@@ -89,4 +89,3 @@ def to_status(error: MemosError) -> grpc.Status:
         code=getattr(code_pb2, error.code.name), message=error.message, details=[detail]
     )
     return rpc_status.to_status(status)
-

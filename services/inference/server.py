@@ -23,7 +23,9 @@ async def setup(stack: AsyncExitStack, settings: InferenceSettings) -> Component
         import torch
 
         torch.set_num_threads(settings.torch_threads)
-    log_dir = settings.log_dir or Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="memos-triton-")))
+    log_dir = settings.log_dir or Path(
+        stack.enter_context(tempfile.TemporaryDirectory(prefix="memos-triton-"))
+    )
     config = TritonConfig(
         grpc_address=settings.triton_address,
         grpc_port=settings.triton_grpc_port,

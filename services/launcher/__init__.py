@@ -4,4 +4,4 @@ from memos_sdk.endpoints import SERVICES, LocalPorts
 
 from .mesh import Mesh, MeshError
 
-__all__ = ["SERVICES", "Mesh", "MeshError", "LocalPorts"]
+__all__ = ["SERVICES", "LocalPorts", "Mesh", "MeshError"]

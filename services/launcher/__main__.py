@@ -1,6 +1,6 @@
 """memos-mesh: run the whole MemOS mesh on this machine.
 
-    python -m services.launcher run [--run-dir .run] [--port-base 50050]
+python -m services.launcher run [--run-dir .run] [--port-base 50050]
 """
 
 from __future__ import annotations
@@ -80,7 +80,9 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="memos-mesh", description="Run the MemOS mesh on this machine.")
     sub = parser.add_subparsers(dest="command", required=True)
     p_run = sub.add_parser("run", help="start nats-server and all seven services; Ctrl-C stops them")
-    p_run.add_argument("--run-dir", default=".run", help="where the mesh keeps its state and logs (default .run)")
+    p_run.add_argument(
+        "--run-dir", default=".run", help="where the mesh keeps its state and logs (default .run)"
+    )
     p_run.add_argument("--port-base", type=int, default=50050, help="first of the ports the mesh uses")
     p_run.add_argument("--timeout", type=float, default=300, help="seconds to wait for every service")
     args = parser.parse_args(argv)

@@ -15,7 +15,6 @@ import subprocess
 import sys
 import time
 import urllib.request
-from dataclasses import dataclass
 from pathlib import Path
 
 import grpc
@@ -24,6 +23,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from memos_sdk.endpoints import SERVICES, LocalPorts
 
 log = logging.getLogger(__name__)
+
 
 class MeshError(RuntimeError):
     pass
@@ -47,7 +47,9 @@ def health_status(addr: str, timeout: float = 1.0) -> int:
     """The overall health status a service reports (SERVING=1), or 0 when it does not answer."""
     try:
         with grpc.insecure_channel(addr) as channel:
-            reply = health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(), timeout=timeout)
+            reply = health_pb2_grpc.HealthStub(channel).Check(
+                health_pb2.HealthCheckRequest(), timeout=timeout
+            )
             return reply.status
     except grpc.RpcError:
         return 0
@@ -56,7 +58,9 @@ def health_status(addr: str, timeout: float = 1.0) -> int:
 class Mesh:
     """A mesh whose state lives under ``run_dir`` (nats/, vault/, logs/)."""
 
-    def __init__(self, run_dir: Path, ports: LocalPorts | None = None, *, extra_env: dict[str, str] | None = None):
+    def __init__(
+        self, run_dir: Path, ports: LocalPorts | None = None, *, extra_env: dict[str, str] | None = None
+    ):
         self.run_dir = Path(run_dir).resolve()
         self.ports = ports or LocalPorts()
         self.logs = self.run_dir / "logs"
@@ -124,7 +128,9 @@ class Mesh:
     def wait_serving(self, services: tuple[str, ...] = SERVICES, timeout: float = 300) -> None:
         for service in services:
             addr = self.ports.addr(service)
-            self._wait(lambda a=addr: health_status(a) == health_pb2.HealthCheckResponse.SERVING, service, timeout)
+            self._wait(
+                lambda a=addr: health_status(a) == health_pb2.HealthCheckResponse.SERVING, service, timeout
+            )
 
     def _wait(self, ready, name: str, timeout: float) -> None:
         deadline = time.monotonic() + timeout

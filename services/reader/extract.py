@@ -42,7 +42,9 @@ def _timestamp(when: dt.datetime | None) -> timestamp_pb2.Timestamp | None:
     return ts
 
 
-def _new_memory(cube_id: str, mid: str, text: str, kind_type: int, now: timestamp_pb2.Timestamp) -> memory_pb2.Memory:
+def _new_memory(
+    cube_id: str, mid: str, text: str, kind_type: int, now: timestamp_pb2.Timestamp
+) -> memory_pb2.Memory:
     return memory_pb2.Memory(
         name=memory_name(cube_id, mid),
         cube_id=cube_id,
@@ -70,7 +72,9 @@ def turn_items(
 ) -> list[memory_pb2.Memory]:
     items = []
     for turn in turns:
-        memory = _new_memory(cube_id, memory_id("turn", turn.id), turn_item_text(turn), memory_pb2.MEMORY_TYPE_TURN, now)
+        memory = _new_memory(
+            cube_id, memory_id("turn", turn.id), turn_item_text(turn), memory_pb2.MEMORY_TYPE_TURN, now
+        )
         memory.speaker = turn.speaker
         source = memory_pb2.SourceRef(turn_id=turn.id, session_id=turn.session_id, speaker=turn.speaker)
         if (ts := _timestamp(turn.time)) is not None:
@@ -136,7 +140,9 @@ def document_items(
         memory.tags.extend(tags)
         if (ts := _timestamp(time)) is not None:
             memory.event_time.CopyFrom(ts)
-        memory.provenance.sources.append(memory_pb2.SourceRef(document_id=document_id, turn_id=f"{document_id}#{i}"))
+        memory.provenance.sources.append(
+            memory_pb2.SourceRef(document_id=document_id, turn_id=f"{document_id}#{i}")
+        )
         memory.provenance.request_id = request_id
         memory.provenance.principal = principal
         memory.provenance.producer = "reader/document"

@@ -96,7 +96,9 @@ class ReaderServicer(reader_pb2_grpc.ReaderServiceServicer):
                 raise InvalidArgument(f"{field}.speaker is too long", reason="SPEAKER_TOO_LONG", field=field)
             turn_id = m.id or f"{request_id}:{i}"
             if turn_id in seen:
-                raise InvalidArgument(f"{field}.id {turn_id!r} repeats", reason="DUPLICATE_TURN_ID", field=field)
+                raise InvalidArgument(
+                    f"{field}.id {turn_id!r} repeats", reason="DUPLICATE_TURN_ID", field=field
+                )
             seen.add(turn_id)
             turns.append(
                 Turn(
@@ -105,7 +107,9 @@ class ReaderServicer(reader_pb2_grpc.ReaderServiceServicer):
                     text=_check_text(m.text, f"{field}.text", max_bytes, required=True),
                     session_id=m.session_id,
                     time=_resolve_time(m.time, m.time_text, f"{field}.time_text", has_ts=m.HasField("time")),
-                    image_caption=_check_text(m.image_caption, f"{field}.image_caption", max_bytes, required=False),
+                    image_caption=_check_text(
+                        m.image_caption, f"{field}.image_caption", max_bytes, required=False
+                    ),
                 )
             )
         return turns
@@ -118,7 +122,9 @@ class ReaderServicer(reader_pb2_grpc.ReaderServiceServicer):
         limit = asyncio.Semaphore(self._settings.publish_concurrency)
 
         async def put(item: memory_pb2.Memory, vector) -> int:
-            command = commands_pb2.WriteCommand(put=commands_pb2.PutMemory(memory=item, embedding=vector.tolist()))
+            command = commands_pb2.WriteCommand(
+                put=commands_pb2.PutMemory(memory=item, embedding=vector.tolist())
+            )
             async with limit:
                 seq, _ = await publish_write(self._js, cube_id, command, msg_id=f"{item.name}/v1")
             return seq
@@ -126,7 +132,7 @@ class ReaderServicer(reader_pb2_grpc.ReaderServiceServicer):
         sequences = await asyncio.gather(*(put(item, v) for item, v in zip(items, vectors, strict=True)))
         last = max(sequences)
         if wait:
-            await wait_applied(self._js, last, timeout=self._settings.wait_applied_timeout_seconds)
+            await wait_applied(self._js, last, timeout_seconds=self._settings.wait_applied_timeout_seconds)
         return [item.name for item in items], last, wait
 
     async def AddMessages(self, request, context):

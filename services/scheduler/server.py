@@ -25,7 +25,9 @@ MAX_QUERY_CHARS = 4096
 
 
 class SchedulerServicer(scheduler_pb2_grpc.SchedulerServiceServicer):
-    def __init__(self, settings: SchedulerSettings, vault: vault_pb2_grpc.VaultServiceStub, embedder: Embedder):
+    def __init__(
+        self, settings: SchedulerSettings, vault: vault_pb2_grpc.VaultServiceStub, embedder: Embedder
+    ):
         self._settings = settings
         self._vault = vault
         self._embedder = embedder
@@ -36,7 +38,9 @@ class SchedulerServicer(scheduler_pb2_grpc.SchedulerServiceServicer):
         if not query:
             raise InvalidArgument("query is empty", reason="EMPTY_QUERY", field="query")
         if len(query) > MAX_QUERY_CHARS:
-            raise InvalidArgument(f"query is longer than {MAX_QUERY_CHARS} characters", reason="QUERY_TOO_LONG")
+            raise InvalidArgument(
+                f"query is longer than {MAX_QUERY_CHARS} characters", reason="QUERY_TOO_LONG"
+            )
         if not 0 <= request.top_k <= MAX_TOP_K:
             raise InvalidArgument(f"top_k must be 0..{MAX_TOP_K}", reason="INVALID_TOP_K", field="top_k")
         if request.token_budget < 0:
@@ -55,7 +59,9 @@ class SchedulerServicer(scheduler_pb2_grpc.SchedulerServiceServicer):
             )
         chosen = assemble(found.results, top_k=request.top_k or 10, token_budget=request.token_budget)
         return scheduler_pb2.SearchResponse(
-            results=[scheduler_pb2.SearchResult(memory=c.memory, score=c.score, tokens=c.tokens) for c in chosen],
+            results=[
+                scheduler_pb2.SearchResult(memory=c.memory, score=c.score, tokens=c.tokens) for c in chosen
+            ],
             total_tokens=sum(c.tokens for c in chosen),
         )
 

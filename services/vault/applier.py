@@ -60,7 +60,9 @@ class _Batch:
 
 
 class Applier:
-    def __init__(self, js: JetStreamContext, index: EdgeIndex, *, batch_size: int, ack_wait_seconds: float) -> None:
+    def __init__(
+        self, js: JetStreamContext, index: EdgeIndex, *, batch_size: int, ack_wait_seconds: float
+    ) -> None:
         self._js = js
         self._index = index
         self._batch_size = batch_size
@@ -157,7 +159,9 @@ class Applier:
             batch.upserts[head_id] = IndexPoint(head_id, fields, dense=list(put.embedding), text=memory.text)
             batch.heads[head_id] = fields
         elif memory.version != stored:
-            log.warning("skipping version %d of %s: stored version is %d", memory.version, memory.name, stored)
+            log.warning(
+                "skipping version %d of %s: stored version is %d", memory.version, memory.name, stored
+            )
             return
         if memory.version == 1:
             kind, payload = EventKind.MEMORY_CREATED, events_pb2.MemoryCreated(memory=memory)

@@ -59,7 +59,9 @@ class IndexPoint:
     text: str = ""  # indexed for BM25 when dense is set
 
 
-def memory_filter(cube_id: str, role: Role, spec: vault_pb2.MemoryFilter | None = None, **exact: str) -> Filter:
+def memory_filter(
+    cube_id: str, role: Role, spec: vault_pb2.MemoryFilter | None = None, **exact: str
+) -> Filter:
     """The tenant boundary is here: every condition set starts with the cube."""
     must: list[Any] = [
         FieldCondition(key="cube", match=MatchValue(cube_id)),
@@ -165,7 +167,9 @@ class EdgeIndex:
 
         await self._run(write)
 
-    async def scroll(self, flt: Filter, offset: str | None, limit: int) -> tuple[list[dict[str, Any]], str | None]:
+    async def scroll(
+        self, flt: Filter, offset: str | None, limit: int
+    ) -> tuple[list[dict[str, Any]], str | None]:
         def scroll() -> tuple[list[dict[str, Any]], str | None]:
             records, next_offset = self.shard.scroll(
                 ScrollRequest(offset=offset, limit=limit, filter=flt, with_payload=True, with_vector=False)

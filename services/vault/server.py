@@ -69,7 +69,9 @@ class VaultServicer(vault_pb2_grpc.VaultServiceServicer):
         if request.limit < 0 or request.limit > MAX_QUERY_LIMIT:
             raise InvalidArgument(f"limit must be 0..{MAX_QUERY_LIMIT}", reason="INVALID_LIMIT")
         if len(request.text) > MAX_QUERY_TEXT_CHARS:
-            raise InvalidArgument(f"text longer than {MAX_QUERY_TEXT_CHARS} characters", reason="QUERY_TOO_LONG")
+            raise InvalidArgument(
+                f"text longer than {MAX_QUERY_TEXT_CHARS} characters", reason="QUERY_TOO_LONG"
+            )
         if request.embedding and len(request.embedding) != self._embedder.dim:
             raise InvalidArgument(
                 f"embedding has {len(request.embedding)} dimensions, the index {self._embedder.dim}",
@@ -126,7 +128,7 @@ class VaultServicer(vault_pb2_grpc.VaultServiceServicer):
         seq, _ = await publish_write(
             self._js, updated.cube_id, command, msg_id=f"{updated.name}/v{updated.version}/{request_id}"
         )
-        await wait_applied(self._js, seq, timeout=self._settings.wait_applied_timeout_seconds)
+        await wait_applied(self._js, seq, timeout_seconds=self._settings.wait_applied_timeout_seconds)
         stored = await self._head(updated.name)
         if stored.version != updated.version or stored.provenance.request_id != request_id:
             raise Aborted(f"a concurrent update of {updated.name} won; re-read and retry", reason="CONFLICT")
@@ -139,7 +141,7 @@ class VaultServicer(vault_pb2_grpc.VaultServiceServicer):
         seq, _ = await publish_write(
             self._js, current.cube_id, command, msg_id=f"{current.name}/delete/v{current.version}"
         )
-        await wait_applied(self._js, seq, timeout=self._settings.wait_applied_timeout_seconds)
+        await wait_applied(self._js, seq, timeout_seconds=self._settings.wait_applied_timeout_seconds)
         return vault_pb2.DeleteMemoryResponse(name=current.name, version=current.version)
 
     async def ListVersions(self, request, context):

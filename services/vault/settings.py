@@ -17,7 +17,9 @@ class VaultSettings(ServiceSettings, EmbedderSettings):
     apply_batch_size: int = Field(256, gt=0, description="write commands applied together")
     apply_ack_wait_seconds: float = Field(30.0, gt=0, description="redelivery delay of an unacked command")
     wait_applied_timeout_seconds: float = Field(30.0, gt=0)
-    bm25_avg_len: float = Field(32.0, gt=0, description="expected item length in tokens, for BM25 length norm")
+    bm25_avg_len: float = Field(
+        32.0, gt=0, description="expected item length in tokens, for BM25 length norm"
+    )
     rrf_k: int = Field(60, gt=0, description="reciprocal-rank fusion constant")
     prefetch_factor: int = Field(4, gt=0, description="candidates fetched per side = limit * factor")
     page_token_secret: str = Field("memos-page-token", description="keys the page-token checksum")

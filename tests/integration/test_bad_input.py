@@ -38,7 +38,11 @@ async def _log_length(nats_url: str) -> int:
         ("demo", [OK, {**OK, "text": "again"}], "DUPLICATE_TURN_ID"),
         ("demo", [{**OK, "time_text": "sometime soon"}], "TIME_UNPARSEABLE"),
         # one bad message spoils the request: the good one before it is not written either
-        ("demo", [{"id": "good", "speaker": "a", "text": "fine"}, {"id": "bad", "speaker": "a", "text": ""}], "EMPTY_TEXT"),
+        (
+            "demo",
+            [{"id": "good", "speaker": "a", "text": "fine"}, {"id": "bad", "speaker": "a", "text": ""}],
+            "EMPTY_TEXT",
+        ),
     ],
 )
 async def test_add_messages_rejects_and_writes_nothing(mesh, cube_id, messages, reason):
@@ -52,7 +56,9 @@ async def test_add_messages_rejects_and_writes_nothing(mesh, cube_id, messages, 
 
 async def test_too_many_messages(mesh):
     with pytest.raises(MemosAPIError) as err:
-        await mesh.client.add_messages("demo", [{"id": f"t{i}", "speaker": "a", "text": "x"} for i in range(1001)])
+        await mesh.client.add_messages(
+            "demo", [{"id": f"t{i}", "speaker": "a", "text": "x"} for i in range(1001)]
+        )
     assert err.value.reason == "TOO_MANY_MESSAGES"
 
 
@@ -65,10 +71,18 @@ async def test_too_many_messages(mesh):
         (lambda c: c.update(MISSING, text="x"), grpc.StatusCode.NOT_FOUND, "MEMORY_NOT_FOUND"),
         (lambda c: c.versions("cubes/x/memories/zz"), grpc.StatusCode.INVALID_ARGUMENT, "MALFORMED_NAME"),
         (lambda c: c.list_page("bad cube"), grpc.StatusCode.INVALID_ARGUMENT, "MALFORMED_CUBE_ID"),
-        (lambda c: c.list_page("demo", page_token="garbage"), grpc.StatusCode.INVALID_ARGUMENT, "INVALID_PAGE_TOKEN"),
+        (
+            lambda c: c.list_page("demo", page_token="garbage"),
+            grpc.StatusCode.INVALID_ARGUMENT,
+            "INVALID_PAGE_TOKEN",
+        ),
         (lambda c: c.search("demo", "   "), grpc.StatusCode.INVALID_ARGUMENT, "EMPTY_QUERY"),
         (lambda c: c.search("demo", "q", top_k=51), grpc.StatusCode.INVALID_ARGUMENT, "INVALID_TOP_K"),
-        (lambda c: c.search("demo", "q", token_budget=-1), grpc.StatusCode.INVALID_ARGUMENT, "INVALID_BUDGET"),
+        (
+            lambda c: c.search("demo", "q", token_budget=-1),
+            grpc.StatusCode.INVALID_ARGUMENT,
+            "INVALID_BUDGET",
+        ),
         (lambda c: c.search("a.b", "q"), grpc.StatusCode.INVALID_ARGUMENT, "MALFORMED_CUBE_ID"),
     ],
 )
@@ -79,11 +93,17 @@ async def test_reads_and_changes_reject_bad_input(mesh, call, code, reason):
 
 
 async def test_page_token_of_another_query_is_refused(mesh, cube):
-    await mesh.client.add_messages(cube, [{"id": f"t{i}", "speaker": s, "text": f"turn {i}"} for i, s in enumerate("abab")], wait_applied=True)
+    await mesh.client.add_messages(
+        cube,
+        [{"id": f"t{i}", "speaker": s, "text": f"turn {i}"} for i, s in enumerate("abab")],
+        wait_applied=True,
+    )
     page = await mesh.client.list_page(cube, page_size=1)
     assert page.next_page_token
-    for other in (lambda: mesh.client.list_page(cube, page_size=1, page_token=page.next_page_token, speaker="a"),
-                  lambda: mesh.client.list_page(cube + "x", page_size=1, page_token=page.next_page_token)):
+    for other in (
+        lambda: mesh.client.list_page(cube, page_size=1, page_token=page.next_page_token, speaker="a"),
+        lambda: mesh.client.list_page(cube + "x", page_size=1, page_token=page.next_page_token),
+    ):
         with pytest.raises(MemosAPIError) as err:
             await other()
         assert err.value.reason == "PAGE_TOKEN_MISMATCH"
@@ -93,10 +113,14 @@ async def test_update_with_an_unknown_field_and_an_empty_mask(mesh, cube):
     added = await mesh.client.add_messages(cube, [OK], wait_applied=True)
     name = added.memory_names[0]
     for paths, reason in ((["version"], "FIELD_NOT_UPDATABLE"), ([], "EMPTY_UPDATE_MASK")):
-        request = vault_pb2.UpdateMemoryRequest(memory={"name": name, "text": "x"}, update_mask={"paths": paths})
+        request = vault_pb2.UpdateMemoryRequest(
+            memory={"name": name, "text": "x"}, update_mask={"paths": paths}
+        )
         with pytest.raises(grpc.aio.AioRpcError) as err:
             await mesh.client.vault.UpdateMemory(request)
-        assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT and reason in str(err.value.trailing_metadata())
+        assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT and reason in str(
+            err.value.trailing_metadata()
+        )
     assert (await mesh.client.get(name)).version == 1
 
 

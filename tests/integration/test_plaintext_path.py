@@ -16,10 +16,34 @@ from memos_sdk.wire import EventKind, Header, events_subject
 pytestmark = pytest.mark.integration
 
 CONVERSATION = [
-    {"id": "D1:1", "speaker": "Caroline", "text": "I went to the LGBTQ support group yesterday.", "time_text": "1:56 pm on 8 May, 2023", "session_id": "S1"},
-    {"id": "D1:2", "speaker": "Melanie", "text": "That is great! I painted a sunrise over the lake last week.", "time_text": "1:56 pm on 8 May, 2023", "session_id": "S1"},
-    {"id": "D1:3", "speaker": "Caroline", "text": "I am researching adoption agencies for my future family.", "time_text": "1:56 pm on 8 May, 2023", "session_id": "S1"},
-    {"id": "D2:1", "speaker": "Melanie", "text": "We went camping with the kids in the mountains.", "time_text": "2:10 pm on 25 May, 2023", "session_id": "S2"},
+    {
+        "id": "D1:1",
+        "speaker": "Caroline",
+        "text": "I went to the LGBTQ support group yesterday.",
+        "time_text": "1:56 pm on 8 May, 2023",
+        "session_id": "S1",
+    },
+    {
+        "id": "D1:2",
+        "speaker": "Melanie",
+        "text": "That is great! I painted a sunrise over the lake last week.",
+        "time_text": "1:56 pm on 8 May, 2023",
+        "session_id": "S1",
+    },
+    {
+        "id": "D1:3",
+        "speaker": "Caroline",
+        "text": "I am researching adoption agencies for my future family.",
+        "time_text": "1:56 pm on 8 May, 2023",
+        "session_id": "S1",
+    },
+    {
+        "id": "D2:1",
+        "speaker": "Melanie",
+        "text": "We went camping with the kids in the mountains.",
+        "time_text": "2:10 pm on 25 May, 2023",
+        "session_id": "S2",
+    },
 ]
 
 
@@ -132,7 +156,11 @@ async def test_memory_events_carry_cloudevents_headers_and_protobuf(mesh, cube):
 async def test_a_cube_never_sees_another_cubes_memories(mesh, cube):
     other = cube + "-other"
     await mesh.client.add_messages(cube, CONVERSATION, wait_applied=True)
-    secret = {"id": "X:1", "speaker": "Eve", "text": "The vault combination is 4711 and the support group meets Fridays."}
+    secret = {
+        "id": "X:1",
+        "speaker": "Eve",
+        "text": "The vault combination is 4711 and the support group meets Fridays.",
+    }
     stored = await mesh.client.add_messages(other, [secret], wait_applied=True)
 
     found = await mesh.client.search(cube, "vault combination support group Eve 4711", top_k=50)

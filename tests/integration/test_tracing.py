@@ -13,7 +13,9 @@ pytestmark = pytest.mark.integration
 async def test_one_trace_spans_client_reader_and_vault(mesh, cube):
     SPANS.clear()
     with trace.get_tracer("test").start_as_current_span("client.add") as root:
-        await mesh.client.add_messages(cube, [{"id": "t1", "speaker": "a", "text": "traced write"}], wait_applied=True)
+        await mesh.client.add_messages(
+            cube, [{"id": "t1", "speaker": "a", "text": "traced write"}], wait_applied=True
+        )
         trace_id = root.get_span_context().trace_id
     spans = [s for s in SPANS.get_finished_spans() if s.context.trace_id == trace_id]
     names = {s.name for s in spans}

@@ -29,7 +29,11 @@ PER_BATCH = 100
 
 def _batch(b: int) -> list[dict[str, str]]:
     return [
-        {"id": f"b{b}:t{i}", "speaker": f"s{i % 3}", "text": f"fact {i} of batch {b}: item {b * PER_BATCH + i}"}
+        {
+            "id": f"b{b}:t{i}",
+            "speaker": f"s{i % 3}",
+            "text": f"fact {i} of batch {b}: item {b * PER_BATCH + i}",
+        }
         for i in range(PER_BATCH)
     ]
 
@@ -51,7 +55,9 @@ class VaultProcess:
 
     def start(self) -> None:
         with open(self._log, "ab") as out:
-            self.proc = subprocess.Popen([sys.executable, "-m", "services.vault"], env=self._env, stdout=out, stderr=out, cwd=ROOT)
+            self.proc = subprocess.Popen(
+                [sys.executable, "-m", "services.vault"], env=self._env, stdout=out, stderr=out, cwd=ROOT
+            )
         wait_for(lambda: health_status(self.addr) == 1, 60, "vault", self.proc)
 
     def kill9(self) -> None:
@@ -76,7 +82,9 @@ async def test_acknowledged_writes_survive_kill_9_of_the_vault(nats, triton_addr
     acked: list[str] = []
     try:
         async with ServiceHost("reader", settings["reader"], reader_setup) as reader:
-            endpoints = Endpoints(reader=f"127.0.0.1:{reader.port}", vault=vault.addr, scheduler="unused:1", nats_url=nats.url)
+            endpoints = Endpoints(
+                reader=f"127.0.0.1:{reader.port}", vault=vault.addr, scheduler="unused:1", nats_url=nats.url
+            )
             async with MemosClient(endpoints) as client:
                 killed = asyncio.Event()
 
@@ -94,7 +102,7 @@ async def test_acknowledged_writes_survive_kill_9_of_the_vault(nats, triton_addr
                 nc = await nats_client.connect(nats.url)
                 try:
                     info = await nc.jetstream().stream_info("MEMOS_WRITES")
-                    await wait_applied(nc.jetstream(), info.state.last_seq, timeout=180)
+                    await wait_applied(nc.jetstream(), info.state.last_seq, timeout_seconds=180)
                 finally:
                     await nc.close()
                 count, names = await _count_all(client, cube)
@@ -125,7 +133,7 @@ async def test_a_vault_with_an_empty_index_rebuilds_it_from_the_log(nats, triton
             nc = await nats_client.connect(nats.url)
             try:
                 info = await nc.jetstream().stream_info("MEMOS_WRITES")
-                await wait_applied(nc.jetstream(), info.state.last_seq, timeout=120)
+                await wait_applied(nc.jetstream(), info.state.last_seq, timeout_seconds=120)
             finally:
                 await nc.close()
             count, names = await _count_all(client, cube)

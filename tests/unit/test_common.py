@@ -15,7 +15,11 @@ def test_errors_become_statuses_with_error_info():
     decoded = rpc_status.status_pb2.Status.FromString(details)
     info = error_details_pb2.ErrorInfo()
     decoded.details[0].Unpack(info)
-    assert (info.reason, info.domain, dict(info.metadata)) == ("MEMORY_NOT_FOUND", ERROR_DOMAIN, {"name": "x"})
+    assert (info.reason, info.domain, dict(info.metadata)) == (
+        "MEMORY_NOT_FOUND",
+        ERROR_DOMAIN,
+        {"name": "x"},
+    )
 
 
 def test_page_tokens_round_trip_and_refuse_other_queries():

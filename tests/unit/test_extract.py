@@ -15,7 +15,9 @@ def _items(turns):
 
 
 def test_one_item_per_turn_with_date_speaker_and_source():
-    turn = Turn(id="D1:3", speaker="Caroline", text="I went to the support group.", session_id="S1", time=WHEN)
+    turn = Turn(
+        id="D1:3", speaker="Caroline", text="I went to the support group.", session_id="S1", time=WHEN
+    )
     (item,) = _items([turn])
     assert item.text == "[8 May 2023] Caroline: I went to the support group."
     assert item.speaker == "Caroline"
@@ -36,7 +38,9 @@ def test_memory_ids_are_deterministic_per_turn_and_distinct_across_turns():
 
 
 def test_image_caption_is_part_of_the_item_and_no_date_without_time():
-    turn = Turn(id="t", speaker="Mel", text="Look!", session_id="", time=None, image_caption="a sunset over a lake")
+    turn = Turn(
+        id="t", speaker="Mel", text="Look!", session_id="", time=None, image_caption="a sunset over a lake"
+    )
     (item,) = _items([turn])
     assert item.text == "Mel: Look! [shared an image: a sunset over a lake]"
     assert not item.HasField("event_time")

@@ -1,10 +1,10 @@
 """Python SDK of the MemOS mesh.
 
-    from memos_sdk import MemosClient
+from memos_sdk import MemosClient
 
-    async with MemosClient() as memos:
-        await memos.add_messages("demo", [{"speaker": "alice", "text": "I moved to Lisbon."}])
-        hits = await memos.search("demo", "where does alice live?", token_budget=500)
+async with MemosClient() as memos:
+    await memos.add_messages("demo", [{"speaker": "alice", "text": "I moved to Lisbon."}])
+    hits = await memos.search("demo", "where does alice live?", token_budget=500)
 """
 
 from .client import MemosClient, to_message

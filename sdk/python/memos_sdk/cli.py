@@ -37,7 +37,9 @@ async def cmd_add(client: MemosClient, args: argparse.Namespace) -> int:
             for bundle in bundles:
                 await ingest_bundle(client, args.cube, bundle, wait_applied=args.wait, on_session=bar.update)
         elapsed = time.monotonic() - started
-        print(f"added {total} turns from {len(bundles)} conversation(s) in {elapsed:.1f}s ({total / elapsed:.0f} turns/s)")
+        print(
+            f"added {total} turns from {len(bundles)} conversation(s) in {elapsed:.1f}s ({total / elapsed:.0f} turns/s)"
+        )
         return 0
     if not args.text:
         print("error: give TEXT or --file", file=sys.stderr)
@@ -96,11 +98,25 @@ async def cmd_versions(client: MemosClient, args: argparse.Namespace) -> int:
 
 
 async def cmd_watch(client: MemosClient, args: argparse.Namespace) -> int:
-    print(f"watching memory events of {'every cube' if args.cube == '*' else args.cube} (Ctrl-C stops)", file=sys.stderr)
+    print(
+        f"watching memory events of {'every cube' if args.cube == '*' else args.cube} (Ctrl-C stops)",
+        file=sys.stderr,
+    )
     async for event in client.watch(args.cube):
         if args.json:
             payload = json_format.MessageToDict(event.payload, preserving_proto_field_name=True)
-            print(json.dumps({"id": event.id, "type": event.type, "subject": event.subject, "time": event.time, "data": payload}), flush=True)
+            print(
+                json.dumps(
+                    {
+                        "id": event.id,
+                        "type": event.type,
+                        "subject": event.subject,
+                        "time": event.time,
+                        "data": payload,
+                    }
+                ),
+                flush=True,
+            )
         else:
             memory = getattr(event.payload, "memory", None)
             text = f"  {memory.text[:100]}" if memory is not None and memory.text else ""
@@ -124,7 +140,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--speaker", default="user", help="who said it (default: user)")
     p.add_argument("--time", default="", help='when it was said, e.g. "2023-05-08 13:56" (default: unset)')
     p.add_argument("--id", default="", help="turn id, unique in the cube (default: generated)")
-    p.add_argument("--file", help="conversations as bench/FORMAT.md bundles (.jsonl or .json), or a JSON list of messages")
+    p.add_argument(
+        "--file",
+        help="conversations as bench/FORMAT.md bundles (.jsonl or .json), or a JSON list of messages",
+    )
     p.add_argument("--wait", action="store_true", help="return only after the vault applied the writes")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(run=cmd_add)

@@ -112,21 +112,27 @@ class MemosClient:
             memory.tags.extend(tags)
             paths.append("tags")
         request = vault_pb2.UpdateMemoryRequest(
-            memory=memory, update_mask=field_mask_pb2.FieldMask(paths=paths), expected_version=expected_version
+            memory=memory,
+            update_mask=field_mask_pb2.FieldMask(paths=paths),
+            expected_version=expected_version,
         )
         async with _api_errors():
             return await self.vault.UpdateMemory(request, timeout=self.timeout)
 
     async def delete(self, name: str) -> vault_pb2.DeleteMemoryResponse:
         async with _api_errors():
-            return await self.vault.DeleteMemory(vault_pb2.DeleteMemoryRequest(name=name), timeout=self.timeout)
+            return await self.vault.DeleteMemory(
+                vault_pb2.DeleteMemoryRequest(name=name), timeout=self.timeout
+            )
 
     # -- reads ----------------------------------------------------------------------------
 
     async def search(
         self, cube_id: str, query: str, *, top_k: int = 10, token_budget: int = 0
     ) -> scheduler_pb2.SearchResponse:
-        request = scheduler_pb2.SearchRequest(cube_id=cube_id, query=query, top_k=top_k, token_budget=token_budget)
+        request = scheduler_pb2.SearchRequest(
+            cube_id=cube_id, query=query, top_k=top_k, token_budget=token_budget
+        )
         async with _api_errors():
             return await self.scheduler.Search(request, timeout=self.timeout)
 
@@ -146,7 +152,9 @@ class MemosClient:
         async with _api_errors():
             return await self.vault.ListMemories(request, timeout=self.timeout)
 
-    async def iter_memories(self, cube_id: str, *, page_size: int = 500, speaker: str = "") -> AsyncIterator[memory_pb2.Memory]:
+    async def iter_memories(
+        self, cube_id: str, *, page_size: int = 500, speaker: str = ""
+    ) -> AsyncIterator[memory_pb2.Memory]:
         token = ""
         while True:
             page = await self.list_page(cube_id, page_size=page_size, page_token=token, speaker=speaker)

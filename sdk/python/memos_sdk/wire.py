@@ -15,7 +15,9 @@ SUBJECT_PREFIX = "memos.v1"
 # A cube id is one NATS subject token and part of resource names: no dots, wildcards or spaces.
 CUBE_ID_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$")
 MEMORY_ID_PATTERN = re.compile(r"^[0-9a-f]{32}$")
-MEMORY_NAME_PATTERN = re.compile(r"^cubes/(?P<cube>[A-Za-z0-9][A-Za-z0-9_-]{0,63})/memories/(?P<memory>[0-9a-f]{32})$")
+MEMORY_NAME_PATTERN = re.compile(
+    r"^cubes/(?P<cube>[A-Za-z0-9][A-Za-z0-9_-]{0,63})/memories/(?P<memory>[0-9a-f]{32})$"
+)
 
 
 class Stream(StrEnum):

@@ -1,0 +1,1 @@
+"""Benchmarks: programs that print and save their figures (see docs/benchmarks.md)."""

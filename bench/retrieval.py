@@ -1,0 +1,135 @@
+"""Retrieval benchmark through the mesh's gRPC API (bench/FORMAT.md).
+
+Starts a mesh when none answers, ingests each bundle into its own fresh cube, asks every
+question, writes one line per question to --out, reports ingest throughput, and scores the
+output when --gold is given.
+
+    python -m bench.retrieval --bundles data.jsonl --out out.jsonl [--gold data.gold.jsonl]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import json
+import re
+import sys
+import tempfile
+import time
+import uuid
+from pathlib import Path
+
+from tqdm import tqdm
+
+from bench.score import format_table, score, turn_sessions_of
+from memos_sdk import Endpoints, MemosClient
+from memos_sdk.bundles import count_turns, ingest_bundle, read_bundles
+from memos_sdk.endpoints import DEFAULT_PORT_BASE, LocalPorts
+from services.launcher.mesh import Mesh, health_status
+
+
+@contextlib.contextmanager
+def mesh_for(base: int, run_dir: Path | None):
+    """Use the mesh at ``base`` if it answers; otherwise start one for the run."""
+    ports = LocalPorts(base)
+    if health_status(ports.addr("scheduler")) == 1 and health_status(ports.addr("reader")) == 1:
+        print(f"using the running mesh at port base {base}", file=sys.stderr)
+        yield
+        return
+    with tempfile.TemporaryDirectory(prefix="memos-bench-") as tmp:
+        mesh = Mesh(run_dir or Path(tmp), ports)
+        print(f"no mesh at port base {base}: starting one in {mesh.run_dir} ...", file=sys.stderr)
+        with mesh:
+            yield
+
+
+def cube_for(bundle_id: str) -> str:
+    safe = re.sub(r"[^A-Za-z0-9_-]", "-", str(bundle_id))[:40].strip("-") or "bundle"
+    return f"bench-{safe}-{uuid.uuid4().hex[:6]}"
+
+
+async def run(args: argparse.Namespace) -> dict:
+    bundles = list(read_bundles(args.bundles))
+    total_turns = sum(count_turns(b) for b in bundles)
+    total_questions = sum(len(b.get("questions", [])) for b in bundles)
+    ingest_seconds = 0.0
+    lines = []
+    async with MemosClient(Endpoints.local(args.port_base), timeout_seconds=600) as client:
+        with (
+            tqdm(total=total_turns, unit="turn", desc="ingest", file=sys.stderr) as ingest_bar,
+            tqdm(total=total_questions, unit="q", desc="search", file=sys.stderr) as search_bar,
+        ):
+            for bundle in bundles:
+                cube = cube_for(bundle.get("id", ""))
+                started = time.perf_counter()
+                await ingest_bundle(client, cube, bundle, wait_applied=True, on_session=ingest_bar.update)
+                ingest_seconds += time.perf_counter() - started
+                for question in bundle.get("questions", []):
+                    started = time.perf_counter()
+                    reply = await client.search(
+                        cube, question["question"], top_k=args.top_k, token_budget=args.budget
+                    )
+                    latency_ms = (time.perf_counter() - started) * 1000
+                    items = [
+                        {
+                            "text": r.memory.text,
+                            "sources": [s.turn_id for s in r.memory.provenance.sources],
+                            "score": round(r.score, 6),
+                        }
+                        for r in reply.results
+                    ]
+                    lines.append(
+                        {"question_id": question["id"], "items": items, "latency_ms": round(latency_ms, 3)}
+                    )
+                    search_bar.update()
+    args.out.write_text("".join(json.dumps(line) + "\n" for line in lines))
+    return {
+        "bundles": len(bundles),
+        "turns": total_turns,
+        "questions": len(lines),
+        "ingest_seconds": round(ingest_seconds, 2),
+        "ingest_turns_per_second": round(total_turns / ingest_seconds, 1) if ingest_seconds else None,
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--bundles", required=True, type=Path, help="bundles (.jsonl), bench/FORMAT.md")
+    parser.add_argument("--out", required=True, type=Path, help="where to write one line per question")
+    parser.add_argument("--gold", type=Path, help="gold answers (.gold.jsonl): score the output")
+    parser.add_argument(
+        "--top-k", type=int, default=50, help="items per question (default 50, the format's maximum)"
+    )
+    parser.add_argument("--budget", type=int, default=0, help="token budget of each search (default: none)")
+    parser.add_argument(
+        "--port-base", type=int, default=DEFAULT_PORT_BASE, help="port base of the mesh to use or start"
+    )
+    parser.add_argument(
+        "--run-dir", type=Path, help="state directory of a mesh started for the run (default: temporary)"
+    )
+    args = parser.parse_args(argv)
+
+    with mesh_for(args.port_base, args.run_dir):
+        report = asyncio.run(run(args))
+    print(
+        f"ingested {report['turns']} turns of {report['bundles']} bundle(s) in {report['ingest_seconds']}s "
+        f"({report['ingest_turns_per_second']} turns/s, through the mesh, applied); "
+        f"{report['questions']} questions -> {args.out}"
+    )
+    summary_path = args.out.with_name(args.out.name + ".summary.json")
+    if args.gold:
+        outputs = [json.loads(line) for line in args.out.read_text().splitlines()]
+        gold = [json.loads(line) for line in args.gold.read_text().splitlines() if line.strip()]
+        metrics = score(outputs, gold, turn_sessions_of(args.bundles))
+        print(format_table(metrics))
+        report["metrics"] = metrics
+    summary_path.write_text(json.dumps(report, indent=2))
+    print(f"summary -> {summary_path}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
