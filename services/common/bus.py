@@ -6,6 +6,7 @@ import asyncio
 import logging
 import time
 from collections.abc import Mapping
+from contextlib import AsyncExitStack
 
 import nats
 from nats.aio.client import Client as NATS
@@ -59,6 +60,15 @@ async def connect(url: str, name: str) -> NATS:
         )
     except Exception as err:  # nats raises several unrelated types here
         raise Unavailable(f"cannot connect to NATS at {url}: {err}", reason="BUS_UNAVAILABLE") from err
+
+
+async def open_jetstream(stack: AsyncExitStack, url: str, name: str) -> JetStreamContext:
+    """Connect (drained when ``stack`` closes) and make sure the mesh's streams exist."""
+    nc = await connect(url, name)
+    stack.push_async_callback(nc.drain)
+    js = nc.jetstream()
+    await ensure_streams(js)
+    return js
 
 
 async def ensure_streams(js: JetStreamContext) -> None:

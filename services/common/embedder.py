@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
+from contextlib import AsyncExitStack
 
 import numpy as np
 import tritonclient.grpc.aio as triton
@@ -55,3 +56,10 @@ class Embedder:
 
     async def close(self) -> None:
         await self._client.close()
+
+
+def open_embedder(stack: AsyncExitStack, settings: EmbedderSettings) -> Embedder:
+    """An embedder closed when ``stack`` closes."""
+    embedder = Embedder(settings)
+    stack.push_async_callback(embedder.close)
+    return embedder

@@ -37,6 +37,13 @@ class Registration:
     servicer: Any
     full_name: str
 
+    @classmethod
+    def of(
+        cls, file_descriptor: Any, service: str, add: Callable[[Any, grpc.aio.Server], None], servicer: Any
+    ):
+        """``Registration.of(vault_pb2.DESCRIPTOR, "VaultService", add_..._to_server, servicer)``."""
+        return cls(add, servicer, file_descriptor.services_by_name[service].full_name)
+
 
 @dataclass
 class Component:

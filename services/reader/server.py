@@ -16,8 +16,9 @@ from memos.reader.v1 import reader_pb2, reader_pb2_grpc
 from memos.type.v1 import memory_pb2
 from memos.vault.v1 import commands_pb2
 from services.common import validation
-from services.common.bus import connect, ensure_streams, wait_applied
-from services.common.embedder import Embedder
+from services.common.bus import open_jetstream, wait_applied
+from services.common.clock import now_timestamp
+from services.common.embedder import Embedder, open_embedder
 from services.common.errors import InvalidArgument
 from services.common.grpc_host import Component, Registration
 from services.common.writes import publish_write
@@ -63,12 +64,6 @@ def _resolve_time(ts: timestamp_pb2.Timestamp, text: str, field: str, *, has_ts:
         return parse_time(text)
     except ValueError as err:
         raise InvalidArgument(f"{field}: {err}", reason="TIME_UNPARSEABLE", field=field) from err
-
-
-def _now() -> timestamp_pb2.Timestamp:
-    ts = timestamp_pb2.Timestamp()
-    ts.FromDatetime(dt.datetime.now(dt.UTC))
-    return ts
 
 
 class ReaderServicer(reader_pb2_grpc.ReaderServiceServicer):
@@ -139,7 +134,9 @@ class ReaderServicer(reader_pb2_grpc.ReaderServiceServicer):
         cube_id = validation.cube_id(request.cube_id)
         request_id = validation.request_id(request.request_id) or uuid.uuid4().hex
         turns = self._turns(request, request_id)
-        items = turn_items(cube_id, turns, request_id=request_id, principal=LOCAL_PRINCIPAL, now=_now())
+        items = turn_items(
+            cube_id, turns, request_id=request_id, principal=LOCAL_PRINCIPAL, now=now_timestamp()
+        )
         names, seq, applied = await self._write(cube_id, items, request.wait_applied)
         log.info("added %d turn items to %s", len(names), cube_id, extra={"cube": cube_id, "log_seq": seq})
         return reader_pb2.AddMessagesResponse(memory_names=names, log_sequence=seq, applied=applied)
@@ -164,7 +161,7 @@ class ReaderServicer(reader_pb2_grpc.ReaderServiceServicer):
             target_tokens=self._settings.document_chunk_tokens,
             request_id=request_id,
             principal=LOCAL_PRINCIPAL,
-            now=_now(),
+            now=now_timestamp(),
         )
         names, seq, applied = await self._write(cube_id, items, request.wait_applied)
         log.info("added document %s to %s as %d items", document_id, cube_id, len(names))
@@ -172,19 +169,7 @@ class ReaderServicer(reader_pb2_grpc.ReaderServiceServicer):
 
 
 async def setup(stack: AsyncExitStack, settings: ReaderSettings) -> Component:
-    nc = await connect(settings.nats_url, "reader")
-    stack.push_async_callback(nc.drain)
-    js = nc.jetstream()
-    await ensure_streams(js)
-    embedder = Embedder(settings)
-    stack.push_async_callback(embedder.close)
-    servicer = ReaderServicer(settings, js, embedder)
-    return Component(
-        registrations=[
-            Registration(
-                reader_pb2_grpc.add_ReaderServiceServicer_to_server,
-                servicer,
-                reader_pb2.DESCRIPTOR.services_by_name["ReaderService"].full_name,
-            )
-        ]
-    )
+    js = await open_jetstream(stack, settings.nats_url, "reader")
+    servicer = ReaderServicer(settings, js, open_embedder(stack, settings))
+    add = reader_pb2_grpc.add_ReaderServiceServicer_to_server
+    return Component(registrations=[Registration.of(reader_pb2.DESCRIPTOR, "ReaderService", add, servicer)])

@@ -11,7 +11,7 @@ from memos.scheduler.v1 import scheduler_pb2, scheduler_pb2_grpc
 from memos.vault.v1 import vault_pb2, vault_pb2_grpc
 from services.common import validation
 from services.common.clients import forward_errors, open_channel
-from services.common.embedder import Embedder
+from services.common.embedder import Embedder, open_embedder
 from services.common.errors import InvalidArgument, Unimplemented
 from services.common.grpc_host import Component, Registration
 
@@ -75,15 +75,10 @@ class SchedulerServicer(scheduler_pb2_grpc.SchedulerServiceServicer):
 
 async def setup(stack: AsyncExitStack, settings: SchedulerSettings) -> Component:
     channel: grpc.aio.Channel = await stack.enter_async_context(open_channel(settings.vault_addr))
-    embedder = Embedder(settings)
-    stack.push_async_callback(embedder.close)
-    servicer = SchedulerServicer(settings, vault_pb2_grpc.VaultServiceStub(channel), embedder)
+    servicer = SchedulerServicer(
+        settings, vault_pb2_grpc.VaultServiceStub(channel), open_embedder(stack, settings)
+    )
+    add = scheduler_pb2_grpc.add_SchedulerServiceServicer_to_server
     return Component(
-        registrations=[
-            Registration(
-                scheduler_pb2_grpc.add_SchedulerServiceServicer_to_server,
-                servicer,
-                scheduler_pb2.DESCRIPTOR.services_by_name["SchedulerService"].full_name,
-            )
-        ]
+        registrations=[Registration.of(scheduler_pb2.DESCRIPTOR, "SchedulerService", add, servicer)]
     )

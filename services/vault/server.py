@@ -2,18 +2,16 @@
 
 from __future__ import annotations
 
-import datetime as dt
 import logging
 import uuid
 from contextlib import AsyncExitStack
 
-from google.protobuf import timestamp_pb2
-
 from memos.type.v1 import memory_pb2
 from memos.vault.v1 import commands_pb2, vault_pb2, vault_pb2_grpc
 from services.common import validation
-from services.common.bus import connect, ensure_streams, wait_applied
-from services.common.embedder import Embedder
+from services.common.bus import open_jetstream, wait_applied
+from services.common.clock import now_timestamp
+from services.common.embedder import Embedder, open_embedder
 from services.common.errors import Aborted, InvalidArgument, NotFound
 from services.common.grpc_host import Component, Registration
 from services.common.pagination import PageTokens
@@ -117,7 +115,7 @@ class VaultServicer(vault_pb2_grpc.VaultServiceServicer):
         if not updated.text.strip():
             raise InvalidArgument("text must not be empty", reason="EMPTY_TEXT")
         updated.version = current.version + 1
-        updated.update_time.CopyFrom(_now())
+        updated.update_time.CopyFrom(now_timestamp())
         updated.provenance.request_id = request_id
         if updated.text != current.text:
             embedding = (await self._embedder.embed([updated.text]))[0].tolist()
@@ -166,19 +164,9 @@ class VaultServicer(vault_pb2_grpc.VaultServiceServicer):
         )
 
 
-def _now() -> timestamp_pb2.Timestamp:
-    ts = timestamp_pb2.Timestamp()
-    ts.FromDatetime(dt.datetime.now(dt.UTC))
-    return ts
-
-
 async def setup(stack: AsyncExitStack, settings: VaultSettings) -> Component:
-    nc = await connect(settings.nats_url, "vault")
-    stack.push_async_callback(nc.drain)
-    js = nc.jetstream()
-    await ensure_streams(js)
-    embedder = Embedder(settings)
-    stack.push_async_callback(embedder.close)
+    js = await open_jetstream(stack, settings.nats_url, "vault")
+    embedder = open_embedder(stack, settings)
     index = EdgeIndex(settings.data_dir / "index", dim=settings.embed_dim, bm25_avg_len=settings.bm25_avg_len)
     await index.open()
     stack.push_async_callback(index.close)
@@ -189,10 +177,11 @@ async def setup(stack: AsyncExitStack, settings: VaultSettings) -> Component:
     servicer = VaultServicer(settings, index, js, embedder)
     return Component(
         registrations=[
-            Registration(
+            Registration.of(
+                vault_pb2.DESCRIPTOR,
+                "VaultService",
                 vault_pb2_grpc.add_VaultServiceServicer_to_server,
                 servicer,
-                vault_pb2.DESCRIPTOR.services_by_name["VaultService"].full_name,
             )
         ],
         background=[applier.run],

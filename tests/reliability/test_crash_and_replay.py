@@ -14,6 +14,7 @@ import nats as nats_client
 import pytest
 
 from memos_sdk import Endpoints, MemosClient
+from memos_sdk.wire import Stream
 from services.common.bus import wait_applied
 from services.common.grpc_host import ServiceHost
 from services.launcher.mesh import health_status
@@ -70,6 +71,16 @@ class VaultProcess:
             self.proc.wait(timeout=30)
 
 
+async def _wait_until_log_applied(nats_url: str, *, timeout_seconds: float) -> None:
+    """Until the vault has applied everything in the write log."""
+    nc = await nats_client.connect(nats_url)
+    try:
+        info = await nc.jetstream().stream_info(Stream.WRITES)
+        await wait_applied(nc.jetstream(), info.state.last_seq, timeout_seconds=timeout_seconds)
+    finally:
+        await nc.close()
+
+
 async def _count_all(client: MemosClient, cube: str) -> tuple[int, set[str]]:
     names = [m.name async for m in client.iter_memories(cube, page_size=1000)]
     return len(names), set(names)
@@ -99,12 +110,7 @@ async def test_acknowledged_writes_survive_kill_9_of_the_vault(nats, triton_addr
                 await asyncio.gather(*(writer(range(w, BATCHES, 3)) for w in range(3)))
                 assert killed.is_set()
                 vault.start()
-                nc = await nats_client.connect(nats.url)
-                try:
-                    info = await nc.jetstream().stream_info("MEMOS_WRITES")
-                    await wait_applied(nc.jetstream(), info.state.last_seq, timeout_seconds=180)
-                finally:
-                    await nc.close()
+                await _wait_until_log_applied(nats.url, timeout_seconds=180)
                 count, names = await _count_all(client, cube)
     finally:
         vault.stop()
@@ -130,12 +136,7 @@ async def test_a_vault_with_an_empty_index_rebuilds_it_from_the_log(nats, triton
     async with ServiceHost("vault", vault_settings, vault_setup) as vault:
         endpoints = Endpoints("unused:1", f"127.0.0.1:{vault.port}", "unused:1", nats.url)
         async with MemosClient(endpoints) as client:
-            nc = await nats_client.connect(nats.url)
-            try:
-                info = await nc.jetstream().stream_info("MEMOS_WRITES")
-                await wait_applied(nc.jetstream(), info.state.last_seq, timeout_seconds=120)
-            finally:
-                await nc.close()
+            await _wait_until_log_applied(nats.url, timeout_seconds=120)
             count, names = await _count_all(client, cube)
             assert count == len(added) - 1
             assert names == set(added) - {added[1]}
