@@ -180,3 +180,20 @@ async def test_add_document_chunks_a_document(mesh, cube):
     assert len(reply.memory_names) >= 1
     found = await mesh.client.search(cube, "topic number 4", top_k=1)
     assert "topic number 4" in found.results[0].memory.text
+
+
+async def test_watch_yields_events_as_they_happen(mesh, cube):
+    seen = []
+
+    async def watch() -> None:
+        async for event in mesh.client.watch(cube):
+            seen.append(event)
+            if len(seen) == 2:
+                return
+
+    watcher = asyncio.create_task(watch())
+    await asyncio.sleep(0.3)  # subscribed before the writes
+    added = await mesh.client.add_messages(cube, CONVERSATION[:2], wait_applied=True)
+    await asyncio.wait_for(watcher, timeout=30)
+    assert {e.payload.memory.name for e in seen} == set(added.memory_names)
+    assert all(e.type == EventKind.MEMORY_CREATED.ce_type for e in seen)
