@@ -22,7 +22,7 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-from bench.score import format_table, score, turn_sessions_of
+from bench.score import format_table, read_jsonl, score, turn_sessions_of
 from memos_sdk import Endpoints, MemosClient
 from memos_sdk.bundles import count_turns, ingest_bundle, read_bundles
 from memos_sdk.endpoints import DEFAULT_PORT_BASE, LocalPorts
@@ -49,7 +49,7 @@ def cube_for(bundle_id: str) -> str:
     return f"bench-{safe}-{uuid.uuid4().hex[:6]}"
 
 
-async def run(args: argparse.Namespace) -> dict:
+async def run(args: argparse.Namespace) -> tuple[dict, list[dict]]:
     bundles = list(read_bundles(args.bundles))
     total_turns = sum(count_turns(b) for b in bundles)
     total_questions = sum(len(b.get("questions", [])) for b in bundles)
@@ -84,13 +84,14 @@ async def run(args: argparse.Namespace) -> dict:
                     )
                     search_bar.update()
     args.out.write_text("".join(json.dumps(line) + "\n" for line in lines))
-    return {
+    report = {
         "bundles": len(bundles),
         "turns": total_turns,
         "questions": len(lines),
         "ingest_seconds": round(ingest_seconds, 2),
         "ingest_turns_per_second": round(total_turns / ingest_seconds, 1) if ingest_seconds else None,
     }
+    return report, lines
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -113,7 +114,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
 
     with mesh_for(args.port_base, args.run_dir):
-        report = asyncio.run(run(args))
+        report, outputs = asyncio.run(run(args))
     print(
         f"ingested {report['turns']} turns of {report['bundles']} bundle(s) in {report['ingest_seconds']}s "
         f"({report['ingest_turns_per_second']} turns/s, through the mesh, applied); "
@@ -121,9 +122,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     summary_path = args.out.with_name(args.out.name + ".summary.json")
     if args.gold:
-        outputs = [json.loads(line) for line in args.out.read_text().splitlines()]
-        gold = [json.loads(line) for line in args.gold.read_text().splitlines() if line.strip()]
-        metrics = score(outputs, gold, turn_sessions_of(args.bundles))
+        metrics = score(outputs, read_jsonl(args.gold), turn_sessions_of(args.bundles))
         print(format_table(metrics))
         report["metrics"] = metrics
     summary_path.write_text(json.dumps(report, indent=2))

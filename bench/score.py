@@ -22,7 +22,7 @@ BUDGETS = (500, 1000, 2000)
 SESSION_KS = (1, 5, 10)
 
 
-def _read_jsonl(path: Path) -> list[dict]:
+def read_jsonl(path: Path) -> list[dict]:
     return [json.loads(line) for line in Path(path).read_text().splitlines() if line.strip()]
 
 
@@ -101,18 +101,19 @@ def score(
     return summary
 
 
-def _metric_order(name: str) -> tuple[int, int]:
+METRIC_FAMILIES = ("R", "Rall", "S", "A", "tokens")
+
+
+def _metric_order(name: str) -> tuple[int, bool, int]:
+    """R@k, then R@Bt, Rall, S, A, tokens; by number within each."""
     prefix, _, rest = name.partition("@")
-    rank = (
-        ["R", "Rall", "S", "A", "tokens"].index(prefix) if prefix in ("R", "Rall", "S", "A", "tokens") else 9
-    )
-    number = int(re.sub(r"\D", "", rest) or 0)
-    return rank * 10 + ("t" in rest), number
+    family = METRIC_FAMILIES.index(prefix) if prefix in METRIC_FAMILIES else len(METRIC_FAMILIES)
+    return family, rest.endswith("t"), int(re.sub(r"\D", "", rest) or 0)
 
 
 def turn_sessions_of(bundles_path: Path) -> dict[str, str]:
     mapping = {}
-    for bundle in _read_jsonl(bundles_path):
+    for bundle in read_jsonl(bundles_path):
         for session in bundle.get("sessions", []):
             for turn in session.get("turns", []):
                 mapping[turn["id"]] = session.get("id", "")
@@ -128,14 +129,11 @@ def format_table(summary: dict[str, dict[str, float]]) -> str:
         f"{'questions':<10}" + "".join(f"{int(summary[g]['questions']):>{width + 2}}" for g in groups)
     )
     for m in metrics:
+        decimals = 1 if m.endswith("_ms") or m.startswith("tokens") else 3
         cells = []
         for g in groups:
             v = summary[g].get(m)
-            cells.append(
-                f"{'-':>{width + 2}}"
-                if v is None
-                else f"{v:>{width + 2}.{1 if m.endswith(('ms', '@10')) and not m.startswith(('R', 'S', 'A')) else 3}f}"
-            )
+            cells.append(f"{'-':>{width + 2}}" if v is None else f"{v:>{width + 2}.{decimals}f}")
         lines.append(f"{m:<10}" + "".join(cells))
     return "\n".join(lines)
 
@@ -151,7 +149,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--summary", type=Path, help="write the metrics as JSON here")
     args = parser.parse_args(argv)
-    summary = score(_read_jsonl(args.out), _read_jsonl(args.gold), turn_sessions_of(args.bundles))
+    summary = score(read_jsonl(args.out), read_jsonl(args.gold), turn_sessions_of(args.bundles))
     print(format_table(summary))
     if args.summary:
         args.summary.write_text(json.dumps(summary, indent=2))

@@ -22,7 +22,7 @@ from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanE
 
 from memos_sdk import Endpoints, MemosClient
 from services.common.grpc_host import ServiceHost
-from services.launcher.mesh import _bin, health_status
+from services.launcher.mesh import _bin, health_status, write_nats_config
 from services.reader.server import setup as reader_setup
 from services.reader.settings import ReaderSettings
 from services.scheduler.server import setup as scheduler_setup
@@ -75,11 +75,7 @@ class NatsServer:
 
 def start_nats(store: Path, port: int | None = None) -> NatsServer:
     port = port or free_port()
-    store.mkdir(parents=True, exist_ok=True)
-    config = store.parent / f"nats-{port}.conf"
-    config.write_text(
-        f'listen: 127.0.0.1:{port}\njetstream {{\n  store_dir: "{store}"\n  sync_interval: always\n}}\n'
-    )
+    config = write_nats_config(store.parent / f"nats-{port}.conf", store, host="127.0.0.1", port=port)
     proc = subprocess.Popen(
         [_bin("nats-server"), "-c", str(config)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
     )

@@ -1,4 +1,4 @@
-"""Protobuf timestamps of the current time."""
+"""Protobuf timestamps from datetimes and of the current time."""
 
 from __future__ import annotations
 
@@ -7,7 +7,11 @@ import datetime as dt
 from google.protobuf import timestamp_pb2
 
 
-def now_timestamp() -> timestamp_pb2.Timestamp:
+def to_timestamp(when: dt.datetime) -> timestamp_pb2.Timestamp:
     ts = timestamp_pb2.Timestamp()
-    ts.FromDatetime(dt.datetime.now(dt.UTC))
+    ts.FromDatetime(when.astimezone(dt.UTC))
     return ts
+
+
+def now_timestamp() -> timestamp_pb2.Timestamp:
+    return to_timestamp(dt.datetime.now(dt.UTC))

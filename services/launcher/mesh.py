@@ -29,6 +29,20 @@ class MeshError(RuntimeError):
     pass
 
 
+def write_nats_config(
+    config: Path, store: Path, *, host: str, port: int, monitor_port: int | None = None
+) -> Path:
+    """A JetStream server config; sync_interval: always fsyncs every write, so an acknowledged
+    write survives power loss too, not only a crash."""
+    store.mkdir(parents=True, exist_ok=True)
+    monitor = f"http: {host}:{monitor_port}\n" if monitor_port else ""
+    config.write_text(
+        f'server_name: "memos-local"\nlisten: {host}:{port}\n{monitor}'
+        f'jetstream {{\n  store_dir: "{store}"\n  sync_interval: always\n}}\n'
+    )
+    return config
+
+
 def _bin(name: str) -> str:
     here = Path(sys.executable).parent / name
     found = str(here) if here.exists() else shutil.which(name)
@@ -95,19 +109,6 @@ class Mesh:
         full |= self._extra_env
         return full
 
-    def _nats_config(self) -> Path:
-        store = self.run_dir / "nats"
-        store.mkdir(parents=True, exist_ok=True)
-        config = self.run_dir / "nats.conf"
-        # sync_interval: always fsyncs every write: an acknowledged write survives power loss too.
-        config.write_text(
-            f'server_name: "memos-local"\n'
-            f"listen: {self.ports.host}:{self.ports.nats}\n"
-            f"http: {self.ports.host}:{self.ports.nats_monitor}\n"
-            f'jetstream {{\n  store_dir: "{store}"\n  sync_interval: always\n}}\n'
-        )
-        return config
-
     # -- processes --------------------------------------------------------------------------
 
     def _spawn(self, name: str, argv: list[str], env: dict[str, str]) -> None:
@@ -118,7 +119,14 @@ class Mesh:
             )
 
     def start_nats(self) -> None:
-        self._spawn("nats", [_bin("nats-server"), "-c", str(self._nats_config())], dict(os.environ))
+        config = write_nats_config(
+            self.run_dir / "nats.conf",
+            self.run_dir / "nats",
+            host=self.ports.host,
+            port=self.ports.nats,
+            monitor_port=self.ports.nats_monitor,
+        )
+        self._spawn("nats", [_bin("nats-server"), "-c", str(config)], dict(os.environ))
         url = f"http://{self.ports.host}:{self.ports.nats_monitor}/healthz?js-enabled-only=true"
         self._wait(lambda: _http_ok(url), "nats", timeout=30)
 

@@ -13,6 +13,7 @@ from google.protobuf import timestamp_pb2
 from memos.type.v1 import memory_pb2
 from memos_sdk.tokens import count_tokens
 from memos_sdk.wire import memory_name
+from services.common.clock import to_timestamp
 
 from .timeparse import human_date
 
@@ -32,14 +33,6 @@ class Turn:
 def memory_id(*parts: str) -> str:
     """Deterministic: the same source in the same cube always names the same memory."""
     return hashlib.sha256("\0".join(parts).encode()).hexdigest()[:32]
-
-
-def _timestamp(when: dt.datetime | None) -> timestamp_pb2.Timestamp | None:
-    if when is None:
-        return None
-    ts = timestamp_pb2.Timestamp()
-    ts.FromDatetime(when.astimezone(dt.UTC))
-    return ts
 
 
 def _new_memory(
@@ -77,7 +70,8 @@ def turn_items(
         )
         memory.speaker = turn.speaker
         source = memory_pb2.SourceRef(turn_id=turn.id, session_id=turn.session_id, speaker=turn.speaker)
-        if (ts := _timestamp(turn.time)) is not None:
+        if turn.time is not None:
+            ts = to_timestamp(turn.time)
             memory.event_time.CopyFrom(ts)
             source.time.CopyFrom(ts)
         memory.provenance.sources.append(source)
@@ -138,8 +132,8 @@ def document_items(
             cube_id, memory_id("document", document_id, str(i)), body, memory_pb2.MEMORY_TYPE_DOCUMENT, now
         )
         memory.tags.extend(tags)
-        if (ts := _timestamp(time)) is not None:
-            memory.event_time.CopyFrom(ts)
+        if time is not None:
+            memory.event_time.CopyFrom(to_timestamp(time))
         memory.provenance.sources.append(
             memory_pb2.SourceRef(document_id=document_id, turn_id=f"{document_id}#{i}")
         )
