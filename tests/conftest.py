@@ -23,6 +23,7 @@ from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanE
 from memos_sdk import Endpoints, MemosClient
 from services.common.grpc_host import ServiceHost
 from services.launcher.mesh import _bin, health_status, write_nats_config
+from services.launcher.weed import S3Server, start_s3
 from services.reader.server import setup as reader_setup
 from services.reader.settings import ReaderSettings
 from services.scheduler.server import setup as scheduler_setup
@@ -90,11 +91,18 @@ def nats(tmp_path: Path) -> Iterator[NatsServer]:
     server.stop()
 
 
+@dataclass(frozen=True)
+class Inference:
+    addr: str  # Triton gRPC
+    blobs: Path  # its object store (a directory)
+
+
 @pytest.fixture(scope="session")
-def triton_addr(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    """The inference service as a real process: PyTriton serving the embedding model."""
+def inference(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Inference]:
+    """The inference service as a real process: PyTriton serving embed, generate and kv_build."""
     grpc_port, health_port = free_port(), free_port()
     log_dir = tmp_path_factory.mktemp("inference")
+    blobs = log_dir / "blobs"
     env = {
         **os.environ,
         "MEMOS_INFERENCE_GRPC_ADDR": f"127.0.0.1:{health_port}",
@@ -102,6 +110,7 @@ def triton_addr(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
         "MEMOS_INFERENCE_TRITON_HTTP_PORT": str(free_port()),
         "MEMOS_INFERENCE_TRITON_METRICS_PORT": str(free_port()),
         "MEMOS_INFERENCE_LOG_DIR": str(log_dir),
+        "MEMOS_INFERENCE_BLOB_STORE_URL": str(blobs),
     }
     with open(log_dir / "inference.log", "wb") as log:
         proc = subprocess.Popen(
@@ -109,7 +118,7 @@ def triton_addr(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
         )
     try:
         wait_for(lambda: health_status(f"127.0.0.1:{health_port}") == 1, 300, "inference", proc)
-        yield f"127.0.0.1:{grpc_port}"
+        yield Inference(f"127.0.0.1:{grpc_port}", blobs)
     finally:
         proc.terminate()
         try:
@@ -118,13 +127,21 @@ def triton_addr(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
             proc.kill()
 
 
+@pytest.fixture(scope="session")
+def triton_addr(inference: Inference) -> str:
+    return inference.addr
+
+
 def service_settings(nats_url: str, triton_addr: str, data_dir: Path) -> dict[str, object]:
     """Settings of reader, vault and scheduler for an in-process mesh."""
     common = {"nats_url": nats_url, "inference_addr": triton_addr, "log_format": "text"}
     return {
         "vault": VaultSettings(**common, data_dir=data_dir / "vault", wait_applied_timeout_seconds=60),
         "reader": ReaderSettings(**common),
-        "scheduler": lambda vault_addr: SchedulerSettings(**common, vault_addr=vault_addr),
+        # Activation memory is built on request (Preload) unless a test turns automatic preloading on.
+        "scheduler": lambda vault_addr, **extra: SchedulerSettings(
+            **common, vault_addr=vault_addr, **{"auto_preload": False, **extra}
+        ),
     }
 
 
@@ -138,13 +155,15 @@ class InProcessMesh:
 
 
 @contextlib.asynccontextmanager
-async def in_process_mesh(nats: NatsServer, triton_addr: str, data_dir: Path) -> AsyncIterator[InProcessMesh]:
+async def in_process_mesh(
+    nats: NatsServer, triton_addr: str, data_dir: Path, **scheduler: object
+) -> AsyncIterator[InProcessMesh]:
     settings = service_settings(nats.url, triton_addr, data_dir)
     async with (
         ServiceHost("vault", settings["vault"], vault_setup) as vault,
         ServiceHost("reader", settings["reader"], reader_setup) as reader,
         ServiceHost(
-            "scheduler", settings["scheduler"](f"127.0.0.1:{vault.port}"), scheduler_setup
+            "scheduler", settings["scheduler"](f"127.0.0.1:{vault.port}", **scheduler), scheduler_setup
         ) as scheduler,
     ):
         endpoints = Endpoints(
@@ -166,3 +185,11 @@ async def mesh(nats: NatsServer, triton_addr: str, tmp_path: Path) -> AsyncItera
 @pytest.fixture
 def cube() -> str:
     return f"test-{uuid.uuid4().hex[:10]}"
+
+
+@pytest.fixture(scope="session")
+def s3_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[S3Server]:
+    """A real S3 server (SeaweedFS weed mini) for the session."""
+    server = start_s3(tmp_path_factory.mktemp("s3"))
+    yield server
+    server.stop()

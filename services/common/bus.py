@@ -114,3 +114,43 @@ async def wait_applied(js: JetStreamContext, sequence: int, *, timeout_seconds: 
             )
         await asyncio.sleep(delay)
         delay = min(delay * 2, 0.1)
+
+
+class PullWorker:
+    """Runs ``handle`` on batches of a bound pull subscription until stopped.
+
+    ``stop`` lets the batch in flight finish (and ack) before it returns, then unsubscribes:
+    a pull subscription left open makes the connection's drain wait forever.
+    """
+
+    def __init__(self, sub: JetStreamContext.PullSubscription, handle, *, batch_size: int, name: str) -> None:
+        self._sub = sub
+        self._handle = handle
+        self._batch_size = batch_size
+        self._name = name
+        self._stopping = asyncio.Event()
+        self._idle = asyncio.Event()
+        self._idle.set()
+
+    async def run(self) -> None:
+        while not self._stopping.is_set():
+            try:
+                msgs = await self._sub.fetch(self._batch_size, timeout=1.0)
+            except TimeoutError:
+                continue
+            except Exception as err:  # the bus reconnects by itself; don't spin
+                if self._stopping.is_set():
+                    break
+                log.warning("%s: fetch failed: %s", self._name, err)
+                await asyncio.sleep(0.5)
+                continue
+            self._idle.clear()
+            try:
+                await self._handle(msgs)
+            finally:
+                self._idle.set()
+
+    async def stop(self) -> None:
+        self._stopping.set()
+        await self._idle.wait()
+        await self._sub.unsubscribe()

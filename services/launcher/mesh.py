@@ -103,6 +103,7 @@ class Mesh:
                 "TRITON_HTTP_PORT": str(p.triton_http),
                 "TRITON_METRICS_PORT": str(p.triton_metrics),
                 "LOG_DIR": str(self.logs),
+                "BLOB_STORE_URL": str(self.run_dir / "blobs"),
             }
         full = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "PYTHONUNBUFFERED": "1"}
         full |= {prefix + k: v for k, v in env.items()}

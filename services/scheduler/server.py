@@ -1,4 +1,5 @@
-"""SchedulerService: query embedding, hybrid retrieval in the vault, budgeted assembly."""
+"""SchedulerService: search (retrieval under a budget), chat (generation with activation memory)
+and preload (building a cube's activation memory)."""
 
 from __future__ import annotations
 
@@ -8,14 +9,18 @@ from contextlib import AsyncExitStack
 import grpc
 
 from memos.scheduler.v1 import scheduler_pb2, scheduler_pb2_grpc
-from memos.vault.v1 import vault_pb2, vault_pb2_grpc
+from memos.vault.v1 import vault_pb2_grpc
 from services.common import validation
-from services.common.clients import forward_errors, open_channel
-from services.common.embedder import Embedder, open_embedder
-from services.common.errors import InvalidArgument, Unimplemented
+from services.common.bus import open_jetstream
+from services.common.clients import open_channel
+from services.common.embedder import open_embedder
+from services.common.errors import FailedPrecondition, InvalidArgument
+from services.common.generation import open_generator
 from services.common.grpc_host import Component, Registration
 
-from .assembly import assemble
+from .activation import Activations, open_bucket
+from .chat import Chat
+from .retrieval import Retriever
 from .settings import SchedulerSettings
 
 log = logging.getLogger(__name__)
@@ -25,12 +30,10 @@ MAX_QUERY_CHARS = 4096
 
 
 class SchedulerServicer(scheduler_pb2_grpc.SchedulerServiceServicer):
-    def __init__(
-        self, settings: SchedulerSettings, vault: vault_pb2_grpc.VaultServiceStub, embedder: Embedder
-    ):
-        self._settings = settings
-        self._vault = vault
-        self._embedder = embedder
+    def __init__(self, retriever: Retriever, activations: Activations, chat: Chat) -> None:
+        self._retriever = retriever
+        self._activations = activations
+        self._chat = chat
 
     async def Search(self, request, context):
         cube_id = validation.cube_id(request.cube_id)
@@ -45,19 +48,13 @@ class SchedulerServicer(scheduler_pb2_grpc.SchedulerServiceServicer):
             raise InvalidArgument(f"top_k must be 0..{MAX_TOP_K}", reason="INVALID_TOP_K", field="top_k")
         if request.token_budget < 0:
             raise InvalidArgument("token_budget must not be negative", reason="INVALID_BUDGET")
-        embedding = (await self._embedder.embed([query]))[0]
-        async with forward_errors("vault"):
-            found = await self._vault.Query(
-                vault_pb2.QueryRequest(
-                    cube_id=cube_id,
-                    text=query,
-                    embedding=embedding.tolist(),
-                    limit=self._settings.candidates,
-                    filter=request.filter,
-                ),
-                timeout=self._settings.vault_timeout_seconds,
-            )
-        chosen = assemble(found.results, top_k=request.top_k or 10, token_budget=request.token_budget)
+        chosen = await self._retriever.search(
+            cube_id,
+            query,
+            top_k=request.top_k or 10,
+            token_budget=request.token_budget,
+            memory_filter=request.filter,
+        )
         return scheduler_pb2.SearchResponse(
             results=[
                 scheduler_pb2.SearchResult(memory=c.memory, score=c.score, tokens=c.tokens) for c in chosen
@@ -66,19 +63,41 @@ class SchedulerServicer(scheduler_pb2_grpc.SchedulerServiceServicer):
         )
 
     async def Chat(self, request, context):
-        raise Unimplemented("Chat arrives with activation memory (issue 4)")
-        yield  # pragma: no cover - makes this a streaming handler
+        async for response in self._chat.run(request):
+            yield response
 
     async def Preload(self, request, context):
-        raise Unimplemented("Preload arrives with activation memory (issue 4)")
+        cube_id = validation.cube_id(request.cube_id)
+        if len(request.hint) > MAX_QUERY_CHARS:
+            raise InvalidArgument(f"hint is longer than {MAX_QUERY_CHARS} characters", reason="HINT_TOO_LONG")
+        record, created = await self._activations.build(cube_id, request.hint)
+        if record is None:
+            raise FailedPrecondition(f"cube {cube_id} has no memories to preload", reason="NO_MEMORIES")
+        return scheduler_pb2.PreloadResponse(activation=record, created=created)
 
 
 async def setup(stack: AsyncExitStack, settings: SchedulerSettings) -> Component:
     channel: grpc.aio.Channel = await stack.enter_async_context(open_channel(settings.vault_addr))
+    vault = vault_pb2_grpc.VaultServiceStub(channel)
+    js = await open_jetstream(stack, settings.nats_url, "scheduler")
+    retriever = Retriever(settings, vault, open_embedder(stack, settings))
+    generator = open_generator(stack, settings)
+    activations = Activations(
+        settings, js=js, bucket=await open_bucket(js), vault=vault, generator=generator, retriever=retriever
+    )
+    stack.push_async_callback(activations.close)
     servicer = SchedulerServicer(
-        settings, vault_pb2_grpc.VaultServiceStub(channel), open_embedder(stack, settings)
+        retriever,
+        activations,
+        Chat(settings, retriever=retriever, activations=activations, generator=generator),
     )
     add = scheduler_pb2_grpc.add_SchedulerServiceServicer_to_server
+    background, on_stop = [], None
+    if settings.auto_preload:
+        watcher = await activations.watch_changes()
+        background, on_stop = [watcher.run], watcher.stop
     return Component(
-        registrations=[Registration.of(scheduler_pb2.DESCRIPTOR, "SchedulerService", add, servicer)]
+        registrations=[Registration.of(scheduler_pb2.DESCRIPTOR, "SchedulerService", add, servicer)],
+        background=background,
+        on_stop=on_stop,
     )

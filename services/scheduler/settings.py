@@ -3,10 +3,10 @@ from __future__ import annotations
 from pydantic import Field
 from pydantic_settings import SettingsConfigDict
 
-from services.common.settings import EmbedderSettings, ServiceSettings
+from services.common.settings import EmbedderSettings, GeneratorSettings, ServiceSettings
 
 
-class SchedulerSettings(ServiceSettings, EmbedderSettings):
+class SchedulerSettings(ServiceSettings, EmbedderSettings, GeneratorSettings):
     """MEMOS_SCHEDULER_*."""
 
     model_config = SettingsConfigDict(env_prefix="MEMOS_SCHEDULER_", extra="ignore", frozen=True)
@@ -14,3 +14,13 @@ class SchedulerSettings(ServiceSettings, EmbedderSettings):
     vault_addr: str = "127.0.0.1:50052"
     candidates: int = Field(60, gt=0, le=200, description="fused candidates asked of the vault")
     vault_timeout_seconds: float = Field(10.0, gt=0)
+    chat_top_k: int = Field(8, gt=0, le=50, description="memories retrieved for a chat turn")
+    chat_memory_budget_tokens: int = Field(
+        600, ge=0, description="tokens of retrieved memories placed as text"
+    )
+    chat_max_new_tokens: int = Field(128, gt=0, le=1024)
+    activation_budget_tokens: int = Field(1024, gt=0, description="tokens of memories in a cube's KV prefix")
+    activation_predicted: int = Field(8, ge=0, description="memories a next-scene hint adds to the prefix")
+    activation_scan_limit: int = Field(2000, gt=0, description="memories considered for the core set")
+    auto_preload: bool = Field(True, description="rebuild activation memory after memory changes and chats")
+    preload_debounce_seconds: float = Field(3.0, ge=0)

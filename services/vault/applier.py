@@ -26,7 +26,7 @@ from memos.events.v1 import events_pb2
 from memos.vault.v1 import commands_pb2
 from memos_sdk.wire import SUBJECT_PREFIX, EventKind, Stream
 from services.common import validation
-from services.common.bus import VAULT_CONSUMER
+from services.common.bus import VAULT_CONSUMER, PullWorker
 from services.common.errors import InvalidArgument
 from services.common.events import publish_event
 from services.common.telemetry import extract_context
@@ -67,9 +67,7 @@ class Applier:
         self._index = index
         self._batch_size = batch_size
         self._ack_wait = ack_wait_seconds
-        self._stopping = asyncio.Event()
-        self._idle = asyncio.Event()
-        self._idle.set()
+        self._worker: PullWorker | None = None
 
     async def prepare(self) -> None:
         """Create the durable consumer; with a new, empty index, rewind it to replay the whole log."""
@@ -89,32 +87,17 @@ class Applier:
             except NotFoundError:
                 pass
         await self._js.add_consumer(Stream.WRITES, config)
-        self._sub = await self._js.pull_subscribe_bind(durable=VAULT_CONSUMER, stream=Stream.WRITES)
+        sub = await self._js.pull_subscribe_bind(durable=VAULT_CONSUMER, stream=Stream.WRITES)
+        self._worker = PullWorker(sub, self.apply, batch_size=self._batch_size, name="write log")
 
     async def run(self) -> None:
-        while not self._stopping.is_set():
-            try:
-                msgs = await self._sub.fetch(self._batch_size, timeout=1.0)
-            except TimeoutError:
-                continue
-            except Exception as err:  # the bus reconnects by itself; don't spin
-                if self._stopping.is_set():
-                    break
-                log.warning("fetch from the write log failed: %s", err)
-                await asyncio.sleep(0.5)
-                continue
-            self._idle.clear()
-            try:
-                await self.apply(msgs)
-            finally:
-                self._idle.set()
+        assert self._worker is not None, "prepare() first"
+        await self._worker.run()
 
     async def stop(self) -> None:
         """Stop fetching; the batch in flight finishes and is acked."""
-        self._stopping.set()
-        await self._idle.wait()
-        # A pull subscription left open makes the connection's drain wait forever.
-        await self._sub.unsubscribe()
+        if self._worker is not None:
+            await self._worker.stop()
 
     async def apply(self, msgs: list[Msg]) -> None:
         commands: list[tuple[Msg, commands_pb2.WriteCommand]] = []

@@ -26,6 +26,7 @@ from .settings import VaultSettings
 log = logging.getLogger(__name__)
 
 MAX_QUERY_LIMIT = 200
+MAX_BATCH_GET = 1000
 MAX_QUERY_TEXT_CHARS = 4096
 UPDATABLE_PATHS = {"text", "tags", "labels", "event_time", "speaker"}
 
@@ -48,6 +49,26 @@ class VaultServicer(vault_pb2_grpc.VaultServiceServicer):
 
     async def GetMemory(self, request, context):
         return await self._head(request.name)
+
+    async def BatchGetMemories(self, request, context):
+        cube_id = validation.cube_id(request.cube_id)
+        if len(request.names) > MAX_BATCH_GET:
+            raise InvalidArgument(f"at most {MAX_BATCH_GET} names", reason="TOO_MANY_NAMES", field="names")
+        ids = []
+        for name in request.names:
+            name_cube, memory_id = validation.memory_name(name)
+            if name_cube != cube_id:
+                raise InvalidArgument(f"{name} is not in cube {cube_id}", reason="NAME_OUTSIDE_CUBE")
+            ids.append(records.head_id(cube_id, memory_id))
+        found = await self._index.retrieve(ids)
+        memories = []
+        for name, point_id in zip(request.names, ids, strict=True):
+            fields = found.get(point_id)
+            if fields and fields.get("role") == Role.HEAD and fields.get("cube") == cube_id:
+                memories.append(records.memory_of(fields))
+            elif not request.allow_missing:
+                raise NotFound(f"memory {name} does not exist", reason="MEMORY_NOT_FOUND", name=name)
+        return vault_pb2.BatchGetMemoriesResponse(memories=memories)
 
     async def ListMemories(self, request, context):
         cube_id = validation.cube_id(request.cube_id)

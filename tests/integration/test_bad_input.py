@@ -130,9 +130,9 @@ async def test_query_with_a_wrong_embedding_size(mesh):
     assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
 
 
-async def test_placeholder_rpcs_answer_unimplemented_with_a_reason(mesh):
+async def test_bad_preload_and_document_requests(mesh):
     with pytest.raises(grpc.aio.AioRpcError) as err:
-        await mesh.client.scheduler.Preload(scheduler_pb2.PreloadRequest(cube_id="demo"))
-    assert err.value.code() == grpc.StatusCode.UNIMPLEMENTED and "issue 4" in err.value.details()
+        await mesh.client.scheduler.Preload(scheduler_pb2.PreloadRequest(cube_id="no such/cube"))
+    assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
     with pytest.raises(grpc.aio.AioRpcError):
         await mesh.client.reader.AddDocument(reader_pb2.AddDocumentRequest(cube_id="demo", text=""))

@@ -28,7 +28,8 @@ def test_each_service_is_probed_hardened_and_wired(service):
     workload = docs.get("Deployment") or docs["StatefulSet"]
     pod = workload["spec"]["template"]["spec"]
     (container,) = pod["containers"]
-    env = {e["name"]: e["value"] for e in container["env"]}
+    env = {e["name"]: e.get("value") for e in container["env"]}
+    assert all(("value" in e) != ("valueFrom" in e) for e in container["env"])
     port = int(env[f"MEMOS_{service.upper()}_GRPC_ADDR"].rsplit(":", 1)[1])
     assert {p["port"] for p in docs["Service"]["spec"]["ports"]} >= {port}
     for probe in ("startupProbe", "readinessProbe", "livenessProbe"):

@@ -79,6 +79,78 @@ async def cmd_list(client: MemosClient, args: argparse.Namespace) -> int:
     return 0
 
 
+def _print_report(report) -> None:
+    from memos.scheduler.v1 import scheduler_pb2
+
+    activation = scheduler_pb2.ActivationOutcome.Name(report.activation).removeprefix("ACTIVATION_OUTCOME_")
+    print(
+        f"  [activation {activation.lower()}, kv {report.kv_status or 'none'}; "
+        f"{report.prompt_tokens} prompt tokens ({report.cached_tokens} from KV cache), "
+        f"{report.completion_tokens} generated, {report.finish_reason}]"
+    )
+    for use in report.memories:
+        placement = scheduler_pb2.Placement.Name(use.placement).removeprefix("PLACEMENT_").lower()
+        print(
+            f"  - {placement:<9} {use.name} v{use.version}"
+            + (f"  score {use.score:.3f}" if use.score else "")
+        )
+
+
+async def cmd_chat(client: MemosClient, args: argparse.Namespace) -> int:
+    from memos.scheduler.v1 import scheduler_pb2
+
+    mode = {
+        "auto": scheduler_pb2.ACTIVATION_MODE_UNSPECIFIED,
+        "off": scheduler_pb2.ACTIVATION_MODE_OFF,
+        "rebuild": scheduler_pb2.ACTIVATION_MODE_REBUILD_STALE,
+    }[args.activation]
+    history: list[tuple[str, str]] = []
+    one_shot = bool(args.message)
+    if not one_shot:
+        print(f"chatting with cube {args.cube}; an empty line or Ctrl-D ends", file=sys.stderr)
+    while True:
+        if one_shot:
+            text = " ".join(args.message)
+        else:
+            try:
+                text = (await asyncio.to_thread(input, "you> ")).strip()
+            except EOFError:
+                text = ""
+            if not text:
+                return 0
+        history.append(("user", text))
+        reply = []
+        print("memos> ", end="", flush=True)
+        async for response in client.chat(
+            args.cube,
+            history,
+            max_new_tokens=args.max_new_tokens,
+            temperature=args.temperature,
+            activation_mode=mode,
+        ):
+            if response.text_delta:
+                reply.append(response.text_delta)
+                print(response.text_delta, end="", flush=True)
+            if response.HasField("report"):
+                print()
+                if not args.quiet:
+                    _print_report(response.report)
+        history.append(("assistant", "".join(reply)))
+        history = history[-args.history :]
+        if one_shot:
+            return 0
+
+
+async def cmd_preload(client: MemosClient, args: argparse.Namespace) -> int:
+    reply = await client.preload(args.cube, " ".join(args.hint))
+    a = reply.activation
+    print(
+        f"{'built' if reply.created else 'already built'}: {a.kv_ref}\n"
+        f"  {len(a.memories)} memories, {a.prefix_tokens} tokens, {a.blob_bytes} bytes"
+    )
+    return 0
+
+
 async def cmd_delete(client: MemosClient, args: argparse.Namespace) -> int:
     reply = await client.delete(args.name)
     print(f"deleted {reply.name} (was version {reply.version})")
@@ -180,6 +252,30 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("delete", help="delete a memory and its versions")
     p.add_argument("name")
     p.set_defaults(run=cmd_delete)
+
+    p = sub.add_parser("chat", help="talk with a model that remembers the cube (interactive)")
+    p.add_argument("--cube", required=True)
+    p.add_argument(
+        "message", nargs="*", metavar="MESSAGE", help="one message, then exit (default: interactive)"
+    )
+    p.add_argument(
+        "--max-new-tokens", type=int, default=0, help="reply length limit (default: the service's)"
+    )
+    p.add_argument("--temperature", type=float, default=0.0, help="0 decodes greedily (default)")
+    p.add_argument(
+        "--activation",
+        choices=("auto", "off", "rebuild"),
+        default="auto",
+        help="use the cube's KV cache: when fresh (auto), never (off), or rebuild it when stale",
+    )
+    p.add_argument("--history", type=int, default=8, help="messages of the conversation kept (default 8)")
+    p.add_argument("--quiet", action="store_true", help="do not print which memories were used")
+    p.set_defaults(run=cmd_chat)
+
+    p = sub.add_parser("preload", help="build the cube's activation memory (KV cache) now")
+    p.add_argument("--cube", required=True)
+    p.add_argument("hint", nargs="*", metavar="HINT", help="what the next turn is about (next-scene hint)")
+    p.set_defaults(run=cmd_preload)
 
     p = sub.add_parser("watch", help="print memory-change events as they happen")
     p.add_argument("--cube", default="*", help="one cube (default: every cube)")

@@ -136,6 +136,44 @@ class MemosClient:
         async with _api_errors():
             return await self.scheduler.Search(request, timeout=self.timeout)
 
+    async def chat(
+        self,
+        cube_id: str,
+        messages: Iterable[tuple[str, str] | scheduler_pb2.ChatMessage],
+        *,
+        max_new_tokens: int = 0,
+        temperature: float = 0.0,
+        activation_mode: int = scheduler_pb2.ACTIVATION_MODE_UNSPECIFIED,
+        **options: Any,
+    ) -> AsyncIterator[scheduler_pb2.ChatResponse]:
+        """Stream a reply: responses with ``text_delta``, then one with ``report`` (memories used, tokens).
+
+        ``messages`` are (role, content) pairs or ChatMessage; the last one is the user's.
+        """
+        request = scheduler_pb2.ChatRequest(
+            cube_id=cube_id,
+            messages=[
+                m
+                if isinstance(m, scheduler_pb2.ChatMessage)
+                else scheduler_pb2.ChatMessage(role=m[0], content=m[1])
+                for m in messages
+            ],
+            max_new_tokens=max_new_tokens,
+            temperature=temperature,
+            activation_mode=activation_mode,
+            **options,
+        )
+        async with _api_errors():
+            async for response in self.scheduler.Chat(request, timeout=self.timeout):
+                yield response
+
+    async def preload(self, cube_id: str, hint: str = "") -> scheduler_pb2.PreloadResponse:
+        """Build the cube's activation memory (KV cache) now."""
+        async with _api_errors():
+            return await self.scheduler.Preload(
+                scheduler_pb2.PreloadRequest(cube_id=cube_id, hint=hint), timeout=self.timeout
+            )
+
     async def get(self, name: str) -> memory_pb2.Memory:
         async with _api_errors():
             return await self.vault.GetMemory(vault_pb2.GetMemoryRequest(name=name), timeout=self.timeout)

@@ -14,6 +14,7 @@ PAYLOAD_TYPES: dict[str, type[Message]] = {
     EventKind.MEMORY_CREATED.ce_type: events_pb2.MemoryCreated,
     EventKind.MEMORY_UPDATED.ce_type: events_pb2.MemoryUpdated,
     EventKind.MEMORY_DELETED.ce_type: events_pb2.MemoryDeleted,
+    EventKind.KV_BUILT.ce_type: events_pb2.KvBuilt,
 }
 
 

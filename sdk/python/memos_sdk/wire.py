@@ -27,12 +27,19 @@ class Stream(StrEnum):
     EVENTS = "MEMOS_EVENTS"  # memory-change events for subscribers
 
 
+class Bucket(StrEnum):
+    """JetStream key-value buckets owned by the mesh."""
+
+    ACTIVATION = "MEMOS_ACTIVATION"  # cube id -> memos.type.v1.Activation (its current KV cache)
+
+
 class EventKind(StrEnum):
     """The <kind> part of an event subject; ce-type is "memos.v1.<kind>"."""
 
     MEMORY_CREATED = "memory.created"
     MEMORY_UPDATED = "memory.updated"
     MEMORY_DELETED = "memory.deleted"
+    KV_BUILT = "kv.built"
 
     @property
     def ce_type(self) -> str:
