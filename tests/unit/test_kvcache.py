@@ -33,6 +33,16 @@ def prefill_counting(calls: list[int]):
     return prefill
 
 
+def activation_store(root) -> ActivationStore:
+    return ActivationStore(
+        model_id="m",
+        blobs=DirectoryBlobStore(root),
+        hot=HotCaches(1 << 20),
+        dtype=torch.float16,
+        compute_dtype=torch.float32,
+    )
+
+
 def test_encoding_round_trips_at_half_the_bytes():
     cache = fake_cache(10)
     fp32 = encode(cache, torch.float32, {"cube": "a"})
@@ -61,13 +71,7 @@ def test_hot_caches_are_bounded_in_bytes_least_recently_used_first():
 
 def test_references_are_scoped_by_cube_and_model(tmp_path):
     calls: list[int] = []
-    store = ActivationStore(
-        model_id="m",
-        blobs=DirectoryBlobStore(tmp_path),
-        hot=HotCaches(1 << 20),
-        dtype=torch.float16,
-        compute_dtype=torch.float32,
-    )
+    store = activation_store(tmp_path)
     ids = [5, 6, 7]
     a = store.build("cube-a", ids, prefill_counting(calls), ["cubes/cube-a/memories/x@1"])
     again = store.build("cube-a", ids, prefill_counting(calls), [])
@@ -89,13 +93,7 @@ def test_references_are_scoped_by_cube_and_model(tmp_path):
 
 
 def test_malformed_references_and_cubes_are_rejected(tmp_path):
-    store = ActivationStore(
-        model_id="m",
-        blobs=DirectoryBlobStore(tmp_path),
-        hot=HotCaches(1 << 20),
-        dtype=torch.float16,
-        compute_dtype=torch.float32,
-    )
+    store = activation_store(tmp_path)
     for ref in ("kv/m/../x.safetensors", "kv/m/a/123.safetensors", "../../etc/passwd"):
         with pytest.raises(InvalidArgument):
             parse_ref(ref)
