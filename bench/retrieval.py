@@ -38,7 +38,8 @@ def mesh_for(base: int, run_dir: Path | None):
         yield
         return
     with tempfile.TemporaryDirectory(prefix="memos-bench-") as tmp:
-        mesh = Mesh(run_dir or Path(tmp), ports)
+        # Retrieval is measured alone: no KV builds competing for the cores.
+        mesh = Mesh(run_dir or Path(tmp), ports, extra_env={"MEMOS_SCHEDULER_AUTO_PRELOAD": "false"})
         print(f"no mesh at port base {base}: starting one in {mesh.run_dir} ...", file=sys.stderr)
         with mesh:
             yield

@@ -99,7 +99,8 @@ class Activations:
         self._generator = generator
         self._retriever = retriever
         self._locks: dict[str, asyncio.Lock] = {}
-        self._pending: dict[str, asyncio.Task] = {}
+        self._workers: dict[str, asyncio.Task] = {}
+        self._due: dict[str, float] = {}
         self._hints: dict[str, str] = {}
 
     # -- reading ---------------------------------------------------------------------------------
@@ -198,27 +199,38 @@ class Activations:
     # -- scheduling ------------------------------------------------------------------------------
 
     def schedule(self, cube_id: str, hint: str | None = None) -> None:
-        """Rebuild the cube's activation after a quiet period (later calls push it back)."""
+        """Rebuild the cube's activation once it has been quiet for the debounce period.
+
+        One worker a cube: changes during a build make it wait for quiet again and rebuild once,
+        so a bulk ingest costs one build at its end, not one per pause.
+        """
         if hint is not None:
             self._hints[cube_id] = hint
-        task = self._pending.pop(cube_id, None)
-        if task is not None:
-            task.cancel()
-        self._pending[cube_id] = asyncio.create_task(self._debounced(cube_id))
+        self._due[cube_id] = asyncio.get_running_loop().time() + self._settings.preload_debounce_seconds
+        if cube_id not in self._workers:
+            self._workers[cube_id] = asyncio.create_task(self._rebuild_when_quiet(cube_id))
 
-    async def _debounced(self, cube_id: str) -> None:
-        await asyncio.sleep(self._settings.preload_debounce_seconds)
-        self._pending.pop(cube_id, None)
+    async def _rebuild_when_quiet(self, cube_id: str) -> None:
+        loop = asyncio.get_running_loop()
         try:
-            await self.build(cube_id, self._hints.pop(cube_id, ""))
-        except Exception:  # a failed background build is retried on the next change
-            log.exception("background activation build for %s failed", cube_id)
+            while cube_id in self._due:
+                wait = self._due[cube_id] - loop.time()
+                if wait > 0:
+                    await asyncio.sleep(wait)
+                    continue
+                del self._due[cube_id]
+                try:
+                    await self.build(cube_id, self._hints.pop(cube_id, ""))
+                except Exception:  # a failed background build is retried on the next change
+                    log.exception("background activation build for %s failed", cube_id)
+        finally:
+            self._workers.pop(cube_id, None)
 
     async def close(self) -> None:
-        for task in self._pending.values():
+        for task in self._workers.values():
             task.cancel()
-        await asyncio.gather(*self._pending.values(), return_exceptions=True)
-        self._pending.clear()
+        await asyncio.gather(*self._workers.values(), return_exceptions=True)
+        self._workers.clear()
 
     async def watch_changes(self) -> PullWorker:
         """A worker that schedules a rebuild of a cube's activation after each change of its memories."""
