@@ -48,9 +48,12 @@ def materialize(model_path: Path, cache_dir: Path) -> Path:
     """
     if model_path.is_dir():
         return model_path
-    stat = model_path.stat()
-    digest = hashlib.sha256(f"{model_path.resolve()}:{stat.st_size}:{stat.st_mtime_ns}".encode()).hexdigest()
-    target = cache_dir / f"{model_path.stem}-{digest[:12]}"
+    # Keyed by content, so every install of the same file (each venv has its own) shares one conversion.
+    digest = hashlib.sha256()
+    with model_path.open("rb") as f:
+        for chunk in iter(lambda: f.read(1 << 22), b""):
+            digest.update(chunk)
+    target = cache_dir / f"{model_path.stem}-{digest.hexdigest()[:12]}"
     if (target / "config.json").exists():
         return target
     log.info("converting %s into %s (once)", model_path.name, target)
