@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import contextlib
 import os
-import socket
 import subprocess
 import sys
 import time
@@ -22,7 +21,7 @@ from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanE
 
 from memos_sdk import Endpoints, MemosClient
 from services.common.grpc_host import ServiceHost
-from services.launcher.mesh import _bin, health_status, write_nats_config
+from services.launcher.mesh import _bin, free_port, health_status, port_in_use, write_nats_config
 from services.launcher.weed import S3Server, start_s3
 from services.reader.server import setup as reader_setup
 from services.reader.settings import ReaderSettings
@@ -41,12 +40,6 @@ _provider.add_span_processor(SimpleSpanProcessor(SPANS))
 trace.set_tracer_provider(_provider)
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def wait_for(predicate, timeout: float, what: str, proc: subprocess.Popen | None = None) -> None:
     deadline = time.monotonic() + timeout
     while not predicate():
@@ -55,11 +48,6 @@ def wait_for(predicate, timeout: float, what: str, proc: subprocess.Popen | None
         if time.monotonic() > deadline:
             raise TimeoutError(f"{what} not ready after {timeout}s")
         time.sleep(0.1)
-
-
-def port_open(port: int) -> bool:
-    with socket.socket() as s:
-        return s.connect_ex(("127.0.0.1", port)) == 0
 
 
 @dataclass
@@ -80,7 +68,7 @@ def start_nats(store: Path, port: int | None = None) -> NatsServer:
     proc = subprocess.Popen(
         [_bin("nats-server"), "-c", str(config)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
     )
-    wait_for(lambda: port_open(port), 20, "nats-server", proc)
+    wait_for(lambda: port_in_use("127.0.0.1", port), 20, "nats-server", proc)
     return NatsServer(f"nats://127.0.0.1:{port}", port, store, proc)
 
 

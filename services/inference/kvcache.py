@@ -194,10 +194,7 @@ class ActivationStore:
 
     def load(self, cube_id: str, ref: str, prefix_ids: list[int]) -> tuple[DynamicCache | None, KvStatus]:
         """The cache behind ``ref`` for this cube's prefix, or None and the reason it cannot be used."""
-        validation.cube_id(cube_id, "cube")
-        model_id, ref_cube, digest = parse_ref(ref)
-        if ref_cube != cube_id:
-            raise PermissionDenied("kv_ref belongs to another cube", reason="KV_REF_OTHER_CUBE")
+        model_id, digest = self._own(cube_id, ref)
         if model_id != self.model_id or digest != prefix_digest(self.model_id, prefix_ids):
             return None, KvStatus.MISMATCH
         entry, status = self.hot.get(ref), KvStatus.HOT
@@ -210,7 +207,15 @@ class ActivationStore:
         return entry.to_cache(self.compute_dtype), status
 
     def delete(self, cube_id: str, ref: str) -> None:
-        if parse_ref(ref)[1] != cube_id:
-            raise PermissionDenied("kv_ref belongs to another cube", reason="KV_REF_OTHER_CUBE")
+        self._own(cube_id, ref)
         self.hot.discard(ref)
         self.blobs.delete(ref)
+
+    @staticmethod
+    def _own(cube_id: str, ref: str) -> tuple[str, str]:
+        """(model, digest) of ``ref``, which must belong to ``cube_id``."""
+        validation.cube_id(cube_id, "cube")
+        model_id, ref_cube, digest = parse_ref(ref)
+        if ref_cube != cube_id:
+            raise PermissionDenied("kv_ref belongs to another cube", reason="KV_REF_OTHER_CUBE")
+        return model_id, digest

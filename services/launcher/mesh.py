@@ -51,6 +51,13 @@ def _bin(name: str) -> str:
     return found
 
 
+def free_port(host: str = "127.0.0.1") -> int:
+    """A port nothing listens on now (for servers started on loopback by tests and benchmarks)."""
+    with socket.socket() as s:
+        s.bind((host, 0))
+        return s.getsockname()[1]
+
+
 def port_in_use(host: str, port: int) -> bool:
     with socket.socket() as s:
         s.settimeout(0.2)

@@ -5,22 +5,15 @@ Production uses MinIO or any S3 service; this gives the S3 blob-store backend a 
 
 from __future__ import annotations
 
-import socket
 import subprocess
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from .mesh import _bin
+from .mesh import _bin, free_port
 
 ACCESS_KEY = "memos"
 SECRET_KEY = "memos-local-secret"
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @dataclass
@@ -41,7 +34,7 @@ class S3Server:
 def start_s3(data_dir: Path, *, timeout: float = 60) -> S3Server:
     """Start ``weed mini`` on free loopback ports and wait until its S3 API answers."""
     data_dir.mkdir(parents=True, exist_ok=True)
-    ports = {name: _free_port() for name in ("s3", "master", "volume", "filer", "admin", "iceberg", "lance")}
+    ports = {name: free_port() for name in ("s3", "master", "volume", "filer", "admin", "iceberg", "lance")}
     argv = [
         _bin("weed"), "mini", f"-dir={data_dir}", "-ip=127.0.0.1", "-ip.bind=127.0.0.1",
         f"-s3.port={ports['s3']}", f"-master.port={ports['master']}", f"-volume.port={ports['volume']}",

@@ -11,6 +11,8 @@ from pathlib import Path
 
 from google.protobuf import json_format
 
+from memos.scheduler.v1 import scheduler_pb2
+
 from .bundles import count_turns, ingest_bundle, read_bundles
 from .client import MemosClient
 from .endpoints import Endpoints
@@ -80,8 +82,6 @@ async def cmd_list(client: MemosClient, args: argparse.Namespace) -> int:
 
 
 def _print_report(report) -> None:
-    from memos.scheduler.v1 import scheduler_pb2
-
     activation = scheduler_pb2.ActivationOutcome.Name(report.activation).removeprefix("ACTIVATION_OUTCOME_")
     print(
         f"  [activation {activation.lower()}, kv {report.kv_status or 'none'}; "
@@ -97,8 +97,6 @@ def _print_report(report) -> None:
 
 
 async def cmd_chat(client: MemosClient, args: argparse.Namespace) -> int:
-    from memos.scheduler.v1 import scheduler_pb2
-
     mode = {
         "auto": scheduler_pb2.ACTIVATION_MODE_UNSPECIFIED,
         "off": scheduler_pb2.ACTIVATION_MODE_OFF,
