@@ -20,13 +20,19 @@ import time
 import uuid
 from pathlib import Path
 
+from google.protobuf import timestamp_pb2
 from tqdm import tqdm
 
 from bench.score import format_table, read_jsonl, score, turn_sessions_of
 from memos_sdk import Endpoints, MemosClient
-from memos_sdk.bundles import count_turns, ingest_bundle, read_bundles
+from memos_sdk.bundles import count_turns, ingest_bundle, read_bundles, session_messages
 from memos_sdk.endpoints import DEFAULT_PORT_BASE, LocalPorts
+from services.common.embedder import Embedder
+from services.common.settings import EmbedderSettings
 from services.launcher.mesh import Mesh, health_status
+from services.reader.extract import Turn, turn_items
+from services.reader.settings import ReaderSettings
+from services.reader.timeparse import parse_time
 
 
 @contextlib.contextmanager
@@ -48,6 +54,45 @@ def mesh_for(base: int, run_dir: Path | None):
 def cube_for(bundle_id: str) -> str:
     safe = re.sub(r"[^A-Za-z0-9_-]", "-", str(bundle_id))[:40].strip("-") or "bundle"
     return f"bench-{safe}-{uuid.uuid4().hex[:6]}"
+
+
+def embedded_texts(bundle: dict, settings: ReaderSettings) -> list[list[str]]:
+    """Per session, the texts the reader embeds for it (context keys are derived, not embedded)."""
+    batches = []
+    for session in bundle.get("sessions", []):
+        turns = []
+        for m in session_messages(session):
+            try:
+                when = parse_time(m["time_text"])
+            except ValueError:
+                when = None
+            turns.append(Turn(m["id"], m["speaker"], m["text"], m["session_id"], when, m["image_caption"]))
+        items = turn_items(
+            "bench",
+            turns,
+            piece_tokens=settings.piece_tokens,
+            context_tokens=settings.context_tokens,
+            request_id=str(session.get("id", "")),
+            principal="bench",
+            now=timestamp_pb2.Timestamp(),
+        )
+        batches.append([i.text for i in items])
+    return batches
+
+
+async def embed_only_seconds(bundles: list[dict], port_base: int) -> tuple[float, int]:
+    """The embedding model alone on the texts the mesh embedded, in the same per-session calls."""
+    texts = [batch for bundle in bundles for batch in embedded_texts(bundle, ReaderSettings())]
+    ports = LocalPorts(port_base)
+    settings = EmbedderSettings(inference_addr=f"{ports.host}:{ports.triton_grpc}")
+    embedder = Embedder(settings)
+    try:
+        started = time.perf_counter()
+        for batch in tqdm(texts, unit="session", desc="embed only", file=sys.stderr):
+            await embedder.embed(batch)
+        return time.perf_counter() - started, sum(len(b) for b in texts)
+    finally:
+        await embedder.close()
 
 
 async def run(args: argparse.Namespace) -> tuple[dict, list[dict]]:
@@ -74,8 +119,10 @@ async def run(args: argparse.Namespace) -> tuple[dict, list[dict]]:
                     latency_ms = (time.perf_counter() - started) * 1000
                     items = [
                         {
-                            "text": r.memory.text,
-                            "sources": [s.turn_id for s in r.memory.provenance.sources],
+                            "text": r.text,
+                            "sources": list(
+                                dict.fromkeys(s.turn_id for m in r.span for s in m.provenance.sources)
+                            ),
                             "score": round(r.score, 6),
                         }
                         for r in reply.results
@@ -85,12 +132,16 @@ async def run(args: argparse.Namespace) -> tuple[dict, list[dict]]:
                     )
                     search_bar.update()
     args.out.write_text("".join(json.dumps(line) + "\n" for line in lines))
+    embed_seconds, embedded = await embed_only_seconds(bundles, args.port_base)
     report = {
         "bundles": len(bundles),
         "turns": total_turns,
         "questions": len(lines),
         "ingest_seconds": round(ingest_seconds, 2),
         "ingest_turns_per_second": round(total_turns / ingest_seconds, 1) if ingest_seconds else None,
+        "embedded_texts": embedded,
+        "embed_only_seconds": round(embed_seconds, 2),
+        "ingest_over_embed_only": round(ingest_seconds / embed_seconds, 3) if embed_seconds else None,
     }
     return report, lines
 
@@ -118,7 +169,9 @@ def main(argv: list[str] | None = None) -> int:
         report, outputs = asyncio.run(run(args))
     print(
         f"ingested {report['turns']} turns of {report['bundles']} bundle(s) in {report['ingest_seconds']}s "
-        f"({report['ingest_turns_per_second']} turns/s, through the mesh, applied); "
+        f"({report['ingest_turns_per_second']} turns/s, through the mesh, applied); the model alone on "
+        f"the same {report['embedded_texts']} texts: {report['embed_only_seconds']}s "
+        f"(ratio {report['ingest_over_embed_only']}); "
         f"{report['questions']} questions -> {args.out}"
     )
     summary_path = args.out.with_name(args.out.name + ".summary.json")

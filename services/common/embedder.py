@@ -5,13 +5,14 @@ from __future__ import annotations
 import logging
 from collections.abc import Sequence
 from contextlib import AsyncExitStack
+from typing import Protocol
 
 import numpy as np
 import tritonclient.grpc.aio as triton
 from tritonclient.utils import InferenceServerException
 
 from .errors import Unavailable
-from .settings import EmbedderSettings
+from .settings import EmbedderSettings, QueryEmbedderSettings
 
 log = logging.getLogger(__name__)
 
@@ -58,8 +59,28 @@ class Embedder:
         await self._client.close()
 
 
+class Embeds(Protocol):
+    @property
+    def dim(self) -> int: ...
+
+    async def embed(self, texts: Sequence[str]) -> np.ndarray: ...
+
+
 def open_embedder(stack: AsyncExitStack, settings: EmbedderSettings) -> Embedder:
     """An embedder closed when ``stack`` closes."""
     embedder = Embedder(settings)
     stack.push_async_callback(embedder.close)
+    return embedder
+
+
+def open_query_embedder(stack: AsyncExitStack, settings: QueryEmbedderSettings) -> Embeds:
+    """Triton's embedder, or the same model in-process (``query_embedding=local``)."""
+    if settings.query_embedding == "triton":
+        return open_embedder(stack, settings)
+    from .onnx_embedding import LocalEmbedder, export
+
+    export_dir = export(settings.embedding_model_dir(), settings.model_cache_dir)
+    embedder = LocalEmbedder(export_dir, dim=settings.embed_dim, threads=settings.query_embed_threads)
+    stack.push_async_callback(embedder.close)
+    log.info("query embeddings in-process from %s", export_dir)
     return embedder

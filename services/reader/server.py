@@ -23,7 +23,7 @@ from services.common.errors import InvalidArgument
 from services.common.grpc_host import Component, Registration
 from services.common.writes import publish_write
 
-from .extract import Turn, document_items, turn_items
+from .extract import Turn, context_embeddings, document_items, turn_items
 from .settings import ReaderSettings
 from .timeparse import parse_time
 
@@ -114,17 +114,21 @@ class ReaderServicer(reader_pb2_grpc.ReaderServiceServicer):
     ) -> tuple[list[str], int, bool]:
         """Embed and append one put per item; with ``wait``, until the vault applied them."""
         vectors = await self._embedder.embed([item.text for item in items])
+        context_vectors = context_embeddings(items, vectors, self._settings.context_weight)
         limit = asyncio.Semaphore(self._settings.publish_concurrency)
 
         async def put(item: memory_pb2.Memory, vector) -> int:
-            command = commands_pb2.WriteCommand(
-                put=commands_pb2.PutMemory(memory=item, embedding=vector.tolist())
-            )
+            put = commands_pb2.PutMemory(memory=item, embedding=vector.tolist())
+            if item.name in context_vectors:
+                put.context_embedding.extend(context_vectors[item.name].tolist())
+            command = commands_pb2.WriteCommand(put=put)
             async with limit:
                 seq, _ = await publish_write(self._js, cube_id, command, msg_id=f"{item.name}/v1")
             return seq
 
-        sequences = await asyncio.gather(*(put(item, v) for item, v in zip(items, vectors, strict=True)))
+        sequences = await asyncio.gather(
+            *(put(item, v) for item, v in zip(items, vectors[: len(items)], strict=True))
+        )
         last = max(sequences)
         if wait:
             await wait_applied(self._js, last, timeout_seconds=self._settings.wait_applied_timeout_seconds)
@@ -135,7 +139,13 @@ class ReaderServicer(reader_pb2_grpc.ReaderServiceServicer):
         request_id = validation.request_id(request.request_id) or uuid.uuid4().hex
         turns = self._turns(request, request_id)
         items = turn_items(
-            cube_id, turns, request_id=request_id, principal=LOCAL_PRINCIPAL, now=now_timestamp()
+            cube_id,
+            turns,
+            piece_tokens=self._settings.piece_tokens,
+            context_tokens=self._settings.context_tokens,
+            request_id=request_id,
+            principal=LOCAL_PRINCIPAL,
+            now=now_timestamp(),
         )
         names, seq, applied = await self._write(cube_id, items, request.wait_applied)
         log.info("added %d turn items to %s", len(names), cube_id, extra={"cube": cube_id, "log_seq": seq})

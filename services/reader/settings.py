@@ -15,5 +15,12 @@ class ReaderSettings(ServiceSettings, EmbedderSettings):
     max_text_bytes: int = Field(64 * 1024, gt=0, description="UTF-8 bytes of one message or caption")
     max_document_bytes: int = Field(4 * 1024 * 1024, gt=0)
     document_chunk_tokens: int = Field(200, gt=10, description="target size of a document chunk")
+    piece_tokens: int = Field(120, gt=10, description="target size of a piece of a long turn")
+    context_tokens: int = Field(
+        120, ge=0, description="pieces up to this size are also indexed with their neighbours"
+    )
+    context_weight: float = Field(
+        0.5, ge=0, description="weight of each neighbour's vector in a piece's context key"
+    )
     publish_concurrency: int = Field(64, gt=0, description="write commands in flight at once")
     wait_applied_timeout_seconds: float = Field(60.0, gt=0)

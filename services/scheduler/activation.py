@@ -138,7 +138,7 @@ class Activations:
                 found = await self._retriever.search(
                     cube_id, hint[-4096:], top_k=self._settings.activation_predicted, token_budget=0
                 )
-                predicted = [a.memory for a in found]
+                predicted = [m for a in found for m in a.span]
             chosen, why = select(core, predicted, self._settings.activation_budget_tokens)
             previous = await self.current(cube_id)
             if not chosen:

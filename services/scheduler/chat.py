@@ -125,8 +125,8 @@ class Chat:
         )
         prefix_memories, record, outcome = await self._prefix(turn.cube_id, request.activation_mode)
         in_prefix = {m.name for m in prefix_memories}
-        scores = {a.memory.name: a.score for a in retrieved}
-        as_text = [a.memory for a in retrieved if a.memory.name not in in_prefix]
+        scores = {m.name: a.score for a in retrieved for m in a.span}
+        as_text = [m for a in retrieved for m in a.span if m.name not in in_prefix]
 
         report = scheduler_pb2.ChatReport(activation=outcome, kv_ref=record.kv_ref if record else "")
         kv_placement = (

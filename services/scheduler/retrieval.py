@@ -1,10 +1,10 @@
-"""Retrieval for a query: embed it, ask the vault's hybrid query, assemble under a budget."""
+"""Retrieval for a query: embed it, ask the vault's hybrid query, assemble spans under a budget."""
 
 from __future__ import annotations
 
 from memos.vault.v1 import vault_pb2, vault_pb2_grpc
 from services.common.clients import forward_errors
-from services.common.embedder import Embedder
+from services.common.embedder import Embeds
 
 from .assembly import Assembled, assemble
 from .settings import SchedulerSettings
@@ -12,7 +12,7 @@ from .settings import SchedulerSettings
 
 class Retriever:
     def __init__(
-        self, settings: SchedulerSettings, vault: vault_pb2_grpc.VaultServiceStub, embedder: Embedder
+        self, settings: SchedulerSettings, vault: vault_pb2_grpc.VaultServiceStub, embedder: Embeds
     ) -> None:
         self._settings = settings
         self._vault = vault
@@ -39,4 +39,10 @@ class Retriever:
                 ),
                 timeout=self._settings.vault_timeout_seconds,
             )
-        return assemble(found.results, top_k=top_k, token_budget=token_budget)
+        return assemble(
+            found.results,
+            top_k=top_k,
+            token_budget=token_budget,
+            join_ratio=self._settings.join_ratio,
+            max_span=self._settings.max_span,
+        )

@@ -13,7 +13,7 @@ from memos.vault.v1 import vault_pb2_grpc
 from services.common import validation
 from services.common.bus import open_jetstream
 from services.common.clients import open_channel
-from services.common.embedder import open_embedder
+from services.common.embedder import open_query_embedder
 from services.common.errors import FailedPrecondition, InvalidArgument
 from services.common.generation import open_generator
 from services.common.grpc_host import Component, Registration
@@ -57,7 +57,10 @@ class SchedulerServicer(scheduler_pb2_grpc.SchedulerServiceServicer):
         )
         return scheduler_pb2.SearchResponse(
             results=[
-                scheduler_pb2.SearchResult(memory=c.memory, score=c.score, tokens=c.tokens) for c in chosen
+                scheduler_pb2.SearchResult(
+                    memory=c.memory, score=c.score, tokens=c.tokens, text=c.text, span=c.span
+                )
+                for c in chosen
             ],
             total_tokens=sum(c.tokens for c in chosen),
         )
@@ -80,7 +83,7 @@ async def setup(stack: AsyncExitStack, settings: SchedulerSettings) -> Component
     channel: grpc.aio.Channel = await stack.enter_async_context(open_channel(settings.vault_addr))
     vault = vault_pb2_grpc.VaultServiceStub(channel)
     js = await open_jetstream(stack, settings.nats_url, "scheduler")
-    retriever = Retriever(settings, vault, open_embedder(stack, settings))
+    retriever = Retriever(settings, vault, open_query_embedder(stack, settings))
     generator = open_generator(stack, settings)
     activations = Activations(
         settings, js=js, bucket=await open_bucket(js), vault=vault, generator=generator, retriever=retriever

@@ -3,16 +3,20 @@ from __future__ import annotations
 from pydantic import Field
 from pydantic_settings import SettingsConfigDict
 
-from services.common.settings import EmbedderSettings, GeneratorSettings, ServiceSettings
+from services.common.settings import GeneratorSettings, QueryEmbedderSettings, ServiceSettings
 
 
-class SchedulerSettings(ServiceSettings, EmbedderSettings, GeneratorSettings):
+class SchedulerSettings(ServiceSettings, QueryEmbedderSettings, GeneratorSettings):
     """MEMOS_SCHEDULER_*."""
 
     model_config = SettingsConfigDict(env_prefix="MEMOS_SCHEDULER_", extra="ignore", frozen=True)
 
     vault_addr: str = "127.0.0.1:50052"
-    candidates: int = Field(60, gt=0, le=200, description="fused candidates asked of the vault")
+    candidates: int = Field(100, gt=0, le=200, description="fused candidates asked of the vault")
+    join_ratio: float = Field(
+        0.7, gt=0, le=1, description="a neighbour scoring at least this share of a hit joins its span"
+    )
+    max_span: int = Field(4, gt=0, le=16, description="memories in one span (1: never join)")
     vault_timeout_seconds: float = Field(10.0, gt=0)
     chat_top_k: int = Field(8, gt=0, le=50, description="memories retrieved for a chat turn")
     chat_memory_budget_tokens: int = Field(

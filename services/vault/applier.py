@@ -139,7 +139,14 @@ class Applier:
                 vid = records.version_id(memory.cube_id, memory.memory_id, stored)
                 batch.upserts[vid] = IndexPoint(vid, records.payload(previous, Role.VERSION))
             fields = records.payload(memory, Role.HEAD)
-            batch.upserts[head_id] = IndexPoint(head_id, fields, dense=list(put.embedding), text=memory.text)
+            batch.upserts[head_id] = IndexPoint(
+                head_id,
+                fields,
+                dense=list(put.embedding),
+                text=memory.text,
+                context=list(put.context_embedding) if put.context_embedding else None,
+                context_text=memory.index_context,
+            )
             batch.heads[head_id] = fields
         elif memory.version != stored:
             log.warning(
@@ -191,6 +198,8 @@ def _check(command: commands_pb2.WriteCommand) -> None:
         validation.memory_name(memory.name)
         if not command.put.embedding:
             raise InvalidArgument("put carries no embedding")
+        if command.put.context_embedding and not memory.index_context:
+            raise InvalidArgument("put carries a context embedding but no context")
     elif command.HasField("delete"):
         validation.memory_name(command.delete.name)
     else:

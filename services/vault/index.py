@@ -1,8 +1,10 @@
 """The vector index port and its embedded backend, Qdrant Edge (the Qdrant engine in-process).
 
-Dense (cosine) and sparse BM25 vectors (Qdrant's own tokenizer, stemmer and IDF) per point;
-hybrid queries fuse both with reciprocal-rank fusion inside the engine. All engine calls run
-on one worker thread so the event loop never blocks on disk or search.
+Each memory is indexed under two keys, its text and (for short turns) its context, each with a
+dense (cosine) and a sparse BM25 vector (Qdrant's tokenizer, stemmer and IDF). A hybrid query
+scores a memory by its best dense and best BM25 match over its keys and fuses the two linearly
+(see ``EdgeIndex.hybrid``). All engine calls run on one worker thread so the event loop never
+blocks on disk or search.
 """
 
 from __future__ import annotations
@@ -25,13 +27,11 @@ from qdrant_edge import (
     EdgeVectorParams,
     FieldCondition,
     Filter,
-    Fusion,
     MatchAny,
     MatchValue,
     Modifier,
     PayloadSchemaType,
     Point,
-    Prefetch,
     Query,
     QueryRequest,
     RangeDateTime,
@@ -48,6 +48,11 @@ log = logging.getLogger(__name__)
 
 DENSE = "dense"
 SPARSE = "bm25"
+CONTEXT_DENSE = "context_dense"
+CONTEXT_SPARSE = "context_bm25"
+# The shard's directory under the data dir; a new layout gets a new name, and the vault
+# rebuilds it by replaying the write log.
+INDEX_DIR = "index-v2"
 KEYWORD_FIELDS = ("cube", "memory_id", "role", "type", "speaker", "session_id", "tags")
 
 
@@ -57,6 +62,8 @@ class IndexPoint:
     payload: dict[str, Any]
     dense: list[float] | None = None  # None: a point without vectors (tombstone)
     text: str = ""  # indexed for BM25 when dense is set
+    context: list[float] | None = None  # dense vector of context_text
+    context_text: str = ""
 
 
 def memory_filter(
@@ -103,8 +110,13 @@ class EdgeIndex:
 
     def _open(self) -> None:
         config = EdgeConfig(
-            vectors={DENSE: EdgeVectorParams(size=self._dim, distance=Distance.Cosine)},
-            sparse_vectors={SPARSE: EdgeSparseVectorParams(modifier=Modifier.Idf)},
+            vectors={
+                key: EdgeVectorParams(size=self._dim, distance=Distance.Cosine)
+                for key in (DENSE, CONTEXT_DENSE)
+            },
+            sparse_vectors={
+                key: EdgeSparseVectorParams(modifier=Modifier.Idf) for key in (SPARSE, CONTEXT_SPARSE)
+            },
         )
         segments = self._path / "segments"
         if segments.exists() and any(segments.iterdir()):
@@ -142,11 +154,13 @@ class EdgeIndex:
 
         return await self._run(retrieve)
 
-    async def retrieve_vectors(self, point_id: str) -> list[float] | None:
-        def retrieve() -> list[float] | None:
-            records = self.shard.retrieve([point_id], with_payload=False, with_vector=[DENSE])
+    async def retrieve_vectors(self, point_id: str) -> dict[str, list[float]]:
+        """The dense vectors of a point by name (DENSE, and CONTEXT_DENSE where it has one)."""
+
+        def retrieve() -> dict[str, list[float]]:
+            records = self.shard.retrieve([point_id], with_payload=False, with_vector=[DENSE, CONTEXT_DENSE])
             vector = records[0].vector if records else None
-            return list(vector[DENSE]) if isinstance(vector, dict) and DENSE in vector else None
+            return {k: list(v) for k, v in vector.items()} if isinstance(vector, dict) else {}
 
         return await self._run(retrieve)
 
@@ -159,6 +173,9 @@ class EdgeIndex:
                 vectors: dict[str, Any] = {}
                 if p.dense is not None:
                     vectors = {DENSE: p.dense, SPARSE: self._bm25.embed_document(p.text)}
+                    if p.context is not None:
+                        vectors[CONTEXT_DENSE] = p.context
+                        vectors[CONTEXT_SPARSE] = self._bm25.embed_document(p.context_text)
                 points.append(Point(p.id, vectors, p.payload))
             if points:
                 self.shard.update(UpdateOperation.upsert_points(points))
@@ -182,22 +199,51 @@ class EdgeIndex:
         return await self._run(lambda: self.shard.count(CountRequest(exact=True, filter=flt)))
 
     async def hybrid(
-        self, flt: Filter, *, dense: list[float] | None, text: str, limit: int, prefetch: int, rrf_k: int
+        self,
+        flt: Filter,
+        *,
+        dense: list[float] | None,
+        text: str,
+        limit: int,
+        depth: int,
+        sparse_weight: float,
     ) -> list[tuple[dict[str, Any], float]]:
-        """Dense and BM25 candidates (each ``prefetch`` deep) fused by RRF; either side may be absent."""
+        """The best ``limit`` points by ``dense + sparse_weight * bm25 / max(bm25)``.
+
+        Each side's score is a point's best over its keys, among the ``depth`` nearest of each key.
+        A point missing from a dense list gets that list's lowest score (it can be no closer).
+        Scores, not ranks, are fused: a clear BM25 match on a rare word or a near-exact dense
+        match keeps its margin, which rank fusion throws away.
+        """
+
+        def nearest(vector: Any, using: str) -> list[tuple[str, float]]:
+            request = QueryRequest(limit=depth, query=Query.Nearest(vector, using=using), filter=flt)
+            return [(str(p.id), float(p.score)) for p in self.shard.query(request)]
 
         def query() -> list[tuple[dict[str, Any], float]]:
-            sides = []
+            dense_best: dict[str, float] = {}
+            floor = -1.0
             if dense is not None:
-                sides.append(Prefetch(limit=prefetch, query=Query.Nearest(dense, using=DENSE), filter=flt))
+                hits = nearest(dense, DENSE) + nearest(dense, CONTEXT_DENSE)
+                for pid, score in hits:
+                    dense_best[pid] = max(score, dense_best.get(pid, -1.0))
+                floor = min((score for _, score in hits), default=-1.0)
+            sparse_best: dict[str, float] = {}
             sparse = self._bm25.embed_query(text) if text.strip() else None
             if sparse is not None and sparse.indices:
-                sides.append(Prefetch(limit=prefetch, query=Query.Nearest(sparse, using=SPARSE), filter=flt))
-            if not sides:
-                return []
-            request = QueryRequest(
-                limit=limit, prefetches=sides, query=Fusion.Rrf(k=rrf_k), filter=flt, with_payload=True
-            )
-            return [(p.payload or {}, float(p.score)) for p in self.shard.query(request)]
+                for pid, score in nearest(sparse, SPARSE) + nearest(sparse, CONTEXT_SPARSE):
+                    sparse_best[pid] = max(score, sparse_best.get(pid, 0.0))
+            top_sparse = max(sparse_best.values(), default=0.0) or 1.0
+            fused = {
+                pid: (dense_best.get(pid, floor) if dense is not None else 0.0)
+                + sparse_weight * sparse_best.get(pid, 0.0) / top_sparse
+                for pid in dense_best.keys() | sparse_best.keys()
+            }
+            best = sorted(fused, key=lambda pid: (-fused[pid], pid))[:limit]
+            records = {
+                str(r.id): r.payload or {}
+                for r in self.shard.retrieve(best, with_payload=True, with_vector=False)
+            }
+            return [(records[pid], fused[pid]) for pid in best if pid in records]
 
         return await self._run(query)

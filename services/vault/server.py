@@ -19,7 +19,7 @@ from services.common.writes import publish_write
 
 from . import records
 from .applier import Applier
-from .index import EdgeIndex, memory_filter
+from .index import CONTEXT_DENSE, DENSE, INDEX_DIR, EdgeIndex, memory_filter
 from .records import Role
 from .settings import VaultSettings
 
@@ -104,8 +104,8 @@ class VaultServicer(vault_pb2_grpc.VaultServiceServicer):
             dense=list(request.embedding) or None,
             text=request.text,
             limit=limit,
-            prefetch=limit * self._settings.prefetch_factor,
-            rrf_k=self._settings.rrf_k,
+            depth=max(limit, self._settings.search_depth),
+            sparse_weight=self._settings.sparse_weight,
         )
         return vault_pb2.QueryResponse(
             results=[memory_pb2.ScoredMemory(memory=records.memory_of(p), score=s) for p, s in hits]
@@ -139,11 +139,16 @@ class VaultServicer(vault_pb2_grpc.VaultServiceServicer):
         updated.update_time.CopyFrom(now_timestamp())
         updated.provenance.request_id = request_id
         if updated.text != current.text:
-            embedding = (await self._embedder.embed([updated.text]))[0].tolist()
+            # The context was read around the old words; the new text stands alone.
+            updated.index_context = ""
+        put = commands_pb2.PutMemory(memory=updated)
+        if updated.text != current.text:
+            put.embedding.extend((await self._embedder.embed([updated.text]))[0].tolist())
         else:
-            head_id = records.head_id(current.cube_id, current.memory_id)
-            embedding = await self._index.retrieve_vectors(head_id) or []
-        command = commands_pb2.WriteCommand(put=commands_pb2.PutMemory(memory=updated, embedding=embedding))
+            vectors = await self._index.retrieve_vectors(records.head_id(current.cube_id, current.memory_id))
+            put.embedding.extend(vectors.get(DENSE, []))
+            put.context_embedding.extend(vectors.get(CONTEXT_DENSE, []) if updated.index_context else [])
+        command = commands_pb2.WriteCommand(put=put)
         seq, _ = await publish_write(
             self._js, updated.cube_id, command, msg_id=f"{updated.name}/v{updated.version}/{request_id}"
         )
@@ -188,7 +193,9 @@ class VaultServicer(vault_pb2_grpc.VaultServiceServicer):
 async def setup(stack: AsyncExitStack, settings: VaultSettings) -> Component:
     js = await open_jetstream(stack, settings.nats_url, "vault")
     embedder = open_embedder(stack, settings)
-    index = EdgeIndex(settings.data_dir / "index", dim=settings.embed_dim, bm25_avg_len=settings.bm25_avg_len)
+    index = EdgeIndex(
+        settings.data_dir / INDEX_DIR, dim=settings.embed_dim, bm25_avg_len=settings.bm25_avg_len
+    )
     await index.open()
     stack.push_async_callback(index.close)
     applier = Applier(

@@ -13,13 +13,15 @@ class VaultSettings(ServiceSettings, EmbedderSettings):
 
     model_config = SettingsConfigDict(env_prefix="MEMOS_VAULT_", extra="ignore", frozen=True)
 
-    data_dir: Path = Field(Path(".run/vault"), description="Qdrant Edge shard lives in <data_dir>/index")
+    data_dir: Path = Field(Path(".run/vault"), description="Qdrant Edge shard lives in <data_dir>/index-v2")
     apply_batch_size: int = Field(256, gt=0, description="write commands applied together")
     apply_ack_wait_seconds: float = Field(30.0, gt=0, description="redelivery delay of an unacked command")
     wait_applied_timeout_seconds: float = Field(30.0, gt=0)
     bm25_avg_len: float = Field(
         32.0, gt=0, description="expected item length in tokens, for BM25 length norm"
     )
-    rrf_k: int = Field(60, gt=0, description="reciprocal-rank fusion constant")
-    prefetch_factor: int = Field(4, gt=0, description="candidates fetched per side = limit * factor")
+    search_depth: int = Field(100, gt=0, le=1000, description="nearest points fetched per key and side")
+    sparse_weight: float = Field(
+        0.6, ge=0, description="weight of the normalised BM25 score against the dense cosine"
+    )
     page_token_secret: str = Field("memos-page-token", description="keys the page-token checksum")

@@ -11,6 +11,7 @@ import pytest
 from memos.events.v1 import events_pb2
 from memos_sdk import MemosAPIError
 from memos_sdk.events import decode_event
+from memos_sdk.tokens import count_tokens
 from memos_sdk.wire import EventKind, Header, events_subject
 
 pytestmark = pytest.mark.integration
@@ -54,8 +55,10 @@ async def test_add_then_search_finds_the_turn_with_its_provenance(mesh, cube):
     found = await mesh.client.search(cube, "Which support group did Caroline go to?", top_k=3)
     top = found.results[0].memory
     assert [s.turn_id for s in top.provenance.sources] == ["D1:1"]
-    assert top.text == "[8 May 2023] Caroline: I went to the LGBTQ support group yesterday."
+    assert top.text == "[8 May 2023] Caroline: I went to the LGBTQ support group yesterday (7 May 2023)."
     assert found.results[0].score > 0
+    assert top.name in {m.name for m in found.results[0].span}
+    assert found.results[0].text.startswith("[8 May 2023] ")
 
     camping = await mesh.client.search(cube, "camping trip in the mountains", top_k=1)
     assert camping.results[0].memory.provenance.sources[0].turn_id == "D2:1"
@@ -64,11 +67,30 @@ async def test_add_then_search_finds_the_turn_with_its_provenance(mesh, cube):
 async def test_token_budget_limits_the_results(mesh, cube):
     await mesh.client.add_messages(cube, CONVERSATION, wait_applied=True)
     unlimited = await mesh.client.search(cube, "Caroline Melanie", top_k=10)
-    assert len(unlimited.results) == 4
+    assert sum(len(r.span) for r in unlimited.results) == 4
+    assert unlimited.total_tokens == sum(r.tokens for r in unlimited.results)
     budget = unlimited.results[0].tokens + 1
     limited = await mesh.client.search(cube, "Caroline Melanie", top_k=10, token_budget=budget)
-    assert 1 <= len(limited.results) < 4
+    assert 1 <= sum(len(r.span) for r in limited.results) < 4
     assert limited.total_tokens <= budget
+
+
+async def test_a_short_answer_is_found_by_what_it_answers_and_joins_the_question(mesh, cube):
+    said_on = "1:56 pm on 8 May, 2023"  # a Monday
+    turns = [
+        {"id": "P1", "speaker": "Melanie", "text": "Did you finish the pottery class you signed up for?"},
+        {"id": "P2", "speaker": "Caroline", "text": "Yes! Got my certificate last Friday."},
+        {"id": "P3", "speaker": "Melanie", "text": "The weather is lovely, we should walk the dog."},
+    ]
+    await mesh.client.add_messages(
+        cube, [t | {"time_text": said_on, "session_id": "S9"} for t in turns], wait_applied=True
+    )
+    found = await mesh.client.search(cube, "When did Caroline finish her pottery class?", top_k=2)
+    best = found.results[0]
+    assert [m.provenance.sources[0].turn_id for m in best.span][:2] == ["P1", "P2"]
+    assert "last Friday (5 May 2023)" in best.text
+    assert best.text.count("[8 May 2023]") == 1  # one date line for the span
+    assert best.tokens == count_tokens(best.text)
 
 
 async def test_a_retried_request_writes_nothing_twice(mesh, cube):

@@ -19,6 +19,7 @@ from services.common.bus import wait_applied
 from services.common.grpc_host import ServiceHost
 from services.launcher.mesh import health_status
 from services.reader.server import setup as reader_setup
+from services.vault.index import INDEX_DIR
 from services.vault.server import setup as vault_setup
 from tests.conftest import ROOT, free_port, service_settings, wait_for
 
@@ -131,7 +132,7 @@ async def test_a_vault_with_an_empty_index_rebuilds_it_from_the_log(nats, triton
                     added += (await client.add_messages(cube, _batch(b), wait_applied=True)).memory_names
                 updated = await client.update(added[0], text="a corrected fact")
                 await client.delete(added[1])
-    shutil.rmtree(vault_settings.data_dir / "index")
+    shutil.rmtree(vault_settings.data_dir / INDEX_DIR)
 
     async with ServiceHost("vault", vault_settings, vault_setup) as vault:
         endpoints = Endpoints("unused:1", f"127.0.0.1:{vault.port}", "unused:1", nats.url)

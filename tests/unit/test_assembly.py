@@ -28,3 +28,44 @@ def test_items_that_do_not_fit_are_skipped_not_cut():
 def test_exact_repeats_are_dropped():
     chosen = assemble(_candidates("Same  text", "same text", "other"), top_k=10, token_budget=0)
     assert [c.memory.name for c in chosen] == ["m0", "m2"]
+
+
+def _turn(name, text, score, position, session="S1"):
+    memory = memory_pb2.Memory(name=name, text=text)
+    memory.provenance.sources.append(
+        memory_pb2.SourceRef(turn_id=name, session_id=session, position=position)
+    )
+    return memory_pb2.ScoredMemory(memory=memory, score=score)
+
+
+def test_neighbours_that_match_well_join_the_hit_in_session_order():
+    candidates = [
+        _turn("q", "[8 May 2023] Mel: Where did you go?", 1.0, 11),
+        _turn("far", "[9 May 2023] Mel: Unrelated.", 0.9, 40),
+        _turn("a", "[8 May 2023] Caroline: To the lake.", 0.8, 12),
+        _turn("b", "[8 May 2023] Mel: Nice!", 0.5, 13),  # below 0.7 of the hit: stays out
+    ]
+    first, second, third = assemble(candidates, top_k=10, token_budget=0, join_ratio=0.7)
+    assert [m.name for m in first.span] == ["q", "a"]
+    assert first.memory.name == "q"
+    assert first.text == "[8 May 2023] Mel: Where did you go? Caroline: To the lake."
+    assert first.tokens == count_tokens(first.text)
+    assert [c.memory.name for c in (second, third)] == ["far", "b"]
+
+
+def test_no_join_across_sessions_gaps_or_with_max_span_one():
+    candidates = [
+        _turn("x", "x", 1.0, 5),
+        _turn("y", "y", 0.99, 6, session="S2"),
+        _turn("z", "z", 0.98, 7),  # position 6 of S1 is missing: not a neighbour
+    ]
+    assert [len(c.span) for c in assemble(candidates, top_k=10, token_budget=0)] == [1, 1, 1]
+    joined = [_turn("x", "x", 1.0, 5), _turn("w", "w", 0.9, 6)]
+    assert [len(c.span) for c in assemble(joined, top_k=10, token_budget=0, max_span=1)] == [1, 1]
+
+
+def test_a_span_over_budget_falls_back_to_its_best_memory():
+    candidates = [_turn("q", "one two three", 1.0, 1), _turn("a", "four five six seven", 0.9, 2)]
+    (only,) = assemble(candidates, top_k=10, token_budget=5)
+    assert [m.name for m in only.span] == ["q"]
+    assert only.text == "one two three"

@@ -11,7 +11,9 @@ WHEN = dt.datetime(2023, 5, 8, 13, 56, tzinfo=dt.UTC)
 
 
 def _items(turns):
-    return turn_items("c1", turns, request_id="r1", principal="principals/p", now=NOW)
+    return turn_items(
+        "c1", turns, piece_tokens=120, context_tokens=48, request_id="r1", principal="principals/p", now=NOW
+    )
 
 
 def test_one_item_per_turn_with_date_speaker_and_source():
@@ -69,3 +71,53 @@ def test_document_items_have_distinct_ids_and_the_document_as_source():
     assert len(items) == 2
     assert len({i.memory_id for i in items}) == 2
     assert all(i.provenance.sources[0].document_id == "doc1" and i.text.startswith("Notes: ") for i in items)
+
+
+def _session(*said, session="S1"):
+    return [
+        Turn(id=f"{session}:{i}", speaker=speaker, text=text, session_id=session, time=WHEN)
+        for i, (speaker, text) in enumerate(said)
+    ]
+
+
+def test_relative_dates_are_resolved_in_the_item():
+    (item,) = _items(_session(("Caroline", "I went to the support group yesterday.")))
+    assert item.text == "[8 May 2023] Caroline: I went to the support group yesterday (7 May 2023)."
+
+
+def test_long_turns_become_pieces_with_the_same_source_and_consecutive_positions():
+    long_text = " ".join(f"Sentence number {i} says something new." for i in range(60))
+    items = turn_items(
+        "c1", _session(("user", long_text)), piece_tokens=40, context_tokens=0,
+        request_id="r1", principal="p", now=NOW,
+    )  # fmt: skip
+    assert len(items) > 5
+    assert all(count_tokens(i.text) <= 40 + 12 for i in items)  # a piece plus "[date] user: "
+    assert {s.turn_id for i in items for s in i.provenance.sources} == {"S1:0"}
+    positions = [i.provenance.sources[0].position for i in items]
+    assert positions == list(range(positions[0], positions[0] + len(items)))
+    assert len({i.memory_id for i in items}) == len(items)
+    words = " ".join(i.text.split(": ", 1)[1] for i in items).split()
+    assert words == long_text.split()
+
+
+def test_short_turns_are_indexed_with_their_neighbours_in_the_same_session():
+    turns = _session(("Mel", "Did you go to the pottery class?"), ("Caroline", "Yes, loved it!"))
+    turns += _session(("Mel", "Other session."), session="S2")
+    question, answer, other = _items(turns)
+    assert answer.text == "[8 May 2023] Caroline: Yes, loved it!"
+    assert (
+        answer.index_context == "[8 May 2023] Mel: Did you go to the pottery class? Caroline: Yes, loved it!"
+    )
+    assert question.index_context.endswith("Caroline: Yes, loved it!")
+    assert other.index_context == ""  # alone in its session
+
+
+def test_positions_of_different_requests_never_touch():
+    turns = _session(("a", "one"), ("b", "two"))
+    first = [i.provenance.sources[0].position for i in _items(turns)]
+    other = turn_items(
+        "c1", turns, piece_tokens=120, context_tokens=48, request_id="r2", principal="p", now=NOW
+    )
+    second = [i.provenance.sources[0].position for i in other]
+    assert min(abs(a - b) for a in first for b in second) > 1

@@ -59,7 +59,9 @@ async def cmd_search(client: MemosClient, args: argparse.Namespace) -> int:
         print(_json(reply))
         return 0
     for i, result in enumerate(reply.results, 1):
-        print(f"{i:>2}. {result.score:.4f}  {_line(result.memory)}")
+        names = ", ".join(m.name for m in result.span) or result.memory.name
+        sources = ",".join(s.turn_id for m in result.span for s in m.provenance.sources)
+        print(f"{i:>2}. {result.score:.4f}  {names}  [{sources}]\n    {result.text}")
     print(f"{len(reply.results)} result(s), {reply.total_tokens} tokens")
     return 0
 

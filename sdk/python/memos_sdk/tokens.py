@@ -11,3 +11,17 @@ _TOKEN = re.compile(r"\w+|[^\w\s]")
 
 def count_tokens(text: str) -> int:
     return sum(1 for _ in _TOKEN.finditer(text))
+
+
+def head_tokens(text: str, n: int) -> str:
+    """The start of ``text`` up to its ``n``-th token."""
+    for i, match in enumerate(_TOKEN.finditer(text), 1):
+        if i == n:
+            return text[: match.end()]
+    return text
+
+
+def tail_tokens(text: str, n: int) -> str:
+    """The end of ``text`` from its ``n``-th last token."""
+    starts = [m.start() for m in _TOKEN.finditer(text)]
+    return text[starts[-n] :] if n and len(starts) > n else text
