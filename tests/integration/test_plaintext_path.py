@@ -86,11 +86,12 @@ async def test_a_short_answer_is_found_by_what_it_answers_and_joins_the_question
         cube, [t | {"time_text": said_on, "session_id": "S9"} for t in turns], wait_applied=True
     )
     found = await mesh.client.search(cube, "When did Caroline finish her pottery class?", top_k=2)
-    best = found.results[0]
-    assert [m.provenance.sources[0].turn_id for m in best.span][:2] == ["P1", "P2"]
-    assert "last Friday (5 May 2023)" in best.text
-    assert best.text.count("[8 May 2023]") == 1  # one date line for the span
-    assert best.tokens == count_tokens(best.text)
+    carrying = {m.provenance.sources[0].turn_id: r for r in found.results for m in r.span}
+    assert {"P1", "P2"} <= carrying.keys()  # the answer is found, though it never names the class
+    assert "last Friday (5 May 2023)" in carrying["P2"].text
+    for result in found.results:
+        assert result.text.count("[8 May 2023]") == 1  # one date line, also for a span
+        assert result.tokens == count_tokens(result.text)
 
 
 async def test_a_retried_request_writes_nothing_twice(mesh, cube):
