@@ -83,7 +83,7 @@ def turn_pieces(turns: Sequence[Turn], piece_tokens: int) -> list[Piece]:
 
 
 def _context(pieces: Sequence[Piece], i: int, window_tokens: int) -> str:
-    """A short piece together with the ends of its neighbours in the same session."""
+    """A piece with up to ``window_tokens`` of each neighbour in the same session."""
     piece = pieces[i]
     session = piece.turn.session_id
     parts = []
@@ -109,8 +109,8 @@ def turn_items(
 ) -> list[memory_pb2.Memory]:
     """One item per piece: "[8 May 2023] Caroline: words", sourced to its turn.
 
-    A piece of at most ``context_tokens`` is also indexed under its context (see ``_context``):
-    short replies mean little alone. Pieces are numbered so that the scheduler can join
+    A piece of at most ``context_tokens`` is also indexed under its context (see ``_context``,
+    which takes up to ``context_tokens`` of each neighbour): short replies mean little alone. Pieces are numbered so that the scheduler can join
     neighbours that match together; numbers of different requests never touch.
     """
     pieces = turn_pieces(turns, piece_tokens)

@@ -17,7 +17,9 @@ class ReaderSettings(ServiceSettings, EmbedderSettings):
     document_chunk_tokens: int = Field(200, gt=10, description="target size of a document chunk")
     piece_tokens: int = Field(120, gt=10, description="target size of a piece of a long turn")
     context_tokens: int = Field(
-        120, ge=0, description="pieces up to this size are also indexed with their neighbours"
+        120,
+        ge=0,
+        description="pieces up to this size are also indexed with up to this much of each neighbour",
     )
     context_weight: float = Field(
         0.5, ge=0, description="weight of each neighbour's vector in a piece's context key"

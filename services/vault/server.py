@@ -141,13 +141,12 @@ class VaultServicer(vault_pb2_grpc.VaultServiceServicer):
         if updated.text != current.text:
             # The context was read around the old words; the new text stands alone.
             updated.index_context = ""
-        put = commands_pb2.PutMemory(memory=updated)
-        if updated.text != current.text:
-            put.embedding.extend((await self._embedder.embed([updated.text]))[0].tolist())
+            embedding, context = (await self._embedder.embed([updated.text]))[0].tolist(), []
         else:
             vectors = await self._index.retrieve_vectors(records.head_id(current.cube_id, current.memory_id))
-            put.embedding.extend(vectors.get(DENSE, []))
-            put.context_embedding.extend(vectors.get(CONTEXT_DENSE, []) if updated.index_context else [])
+            embedding = vectors.get(DENSE, [])
+            context = vectors.get(CONTEXT_DENSE, []) if updated.index_context else []
+        put = commands_pb2.PutMemory(memory=updated, embedding=embedding, context_embedding=context)
         command = commands_pb2.WriteCommand(put=put)
         seq, _ = await publish_write(
             self._js, updated.cube_id, command, msg_id=f"{updated.name}/v{updated.version}/{request_id}"
