@@ -18,7 +18,7 @@ OUT ?= bench-out.jsonl
 GOLD ?=
 
 .PHONY: help setup proto proto-check lint run test test-unit test-integration test-reliability \
-        bench-retrieval bench-baselines bench-kv clean distclean
+        bench-retrieval bench-baselines bench-kv bench-conflicts clean distclean
 
 help: ## Show this help
 	@awk 'BEGIN {FS = ":.*## "}; /^[a-zA-Z_-]+:.*## / {printf "  \033[36m%-18s\033[0m %s\n", $$1, $$2}' $(MAKEFILE_LIST)
@@ -72,6 +72,9 @@ bench-retrieval: setup ## Retrieval benchmark: BUNDLES=<jsonl> OUT=<jsonl> [GOLD
 
 bench-baselines: setup ## Raw-turn baselines (BM25, dense, RRF) in the same harness: BUNDLES=<jsonl> GOLD=<gold.jsonl> [OUT_DIR=<dir>]
 	$(PY) -m bench.baselines --bundles $(BUNDLES) --gold $(GOLD) $(if $(OUT_DIR),--out-dir $(OUT_DIR))
+
+bench-conflicts: setup ## Merge/supersede on conversations + synthetic updates: [BUNDLES=<jsonl>] [OUT=<json>]
+	$(PY) -m bench.conflicts --bundles $(BUNDLES) --out $(or $(filter %.json,$(OUT)),bench-conflicts.json)
 
 KV_BUNDLES ?= ../shared/data/locomo-dev.jsonl
 bench-kv: setup ## KV injection vs prefill at 512..4k-token prefixes: [OUT=<json>] [KV_BUNDLES=<jsonl>]

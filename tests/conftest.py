@@ -23,6 +23,8 @@ from memos_sdk import Endpoints, MemosClient
 from services.common.grpc_host import ServiceHost
 from services.launcher.mesh import _bin, free_port, health_status, port_in_use, write_nats_config
 from services.launcher.weed import S3Server, start_s3
+from services.lifecycle.server import setup as lifecycle_setup
+from services.lifecycle.settings import LifecycleSettings
 from services.reader.server import setup as reader_setup
 from services.reader.settings import ReaderSettings
 from services.scheduler.server import setup as scheduler_setup
@@ -133,6 +135,10 @@ def service_settings(nats_url: str, triton_addr: str, data_dir: Path) -> dict[st
     }
 
 
+def lifecycle_settings(nats_url: str, vault_addr: str, **extra: object) -> LifecycleSettings:
+    return LifecycleSettings(nats_url=nats_url, vault_addr=vault_addr, log_format="text", **extra)
+
+
 @dataclass
 class InProcessMesh:
     client: MemosClient
@@ -140,28 +146,43 @@ class InProcessMesh:
     reader: ServiceHost
     scheduler: ServiceHost
     nats: NatsServer
+    lifecycle: ServiceHost | None = None
 
 
 @contextlib.asynccontextmanager
 async def in_process_mesh(
-    nats: NatsServer, triton_addr: str, data_dir: Path, **scheduler: object
+    nats: NatsServer,
+    triton_addr: str,
+    data_dir: Path,
+    *,
+    lifecycle: dict[str, object] | None = None,
+    **scheduler: object,
 ) -> AsyncIterator[InProcessMesh]:
+    """Vault, reader and scheduler in this process; the lifecycle too when given its settings."""
     settings = service_settings(nats.url, triton_addr, data_dir)
-    async with (
-        ServiceHost("vault", settings["vault"], vault_setup) as vault,
-        ServiceHost("reader", settings["reader"], reader_setup) as reader,
-        ServiceHost(
-            "scheduler", settings["scheduler"](f"127.0.0.1:{vault.port}", **scheduler), scheduler_setup
-        ) as scheduler,
-    ):
+    async with contextlib.AsyncExitStack() as stack:
+        vault = await stack.enter_async_context(ServiceHost("vault", settings["vault"], vault_setup))
+        vault_addr = f"127.0.0.1:{vault.port}"
+        reader = await stack.enter_async_context(ServiceHost("reader", settings["reader"], reader_setup))
+        scheduler_host = await stack.enter_async_context(
+            ServiceHost("scheduler", settings["scheduler"](vault_addr, **scheduler), scheduler_setup)
+        )
+        lifecycle_host = None
+        if lifecycle is not None:
+            lifecycle_host = await stack.enter_async_context(
+                ServiceHost(
+                    "lifecycle", lifecycle_settings(nats.url, vault_addr, **lifecycle), lifecycle_setup
+                )
+            )
         endpoints = Endpoints(
             reader=f"127.0.0.1:{reader.port}",
-            vault=f"127.0.0.1:{vault.port}",
-            scheduler=f"127.0.0.1:{scheduler.port}",
+            vault=vault_addr,
+            scheduler=f"127.0.0.1:{scheduler_host.port}",
             nats_url=nats.url,
+            lifecycle=f"127.0.0.1:{lifecycle_host.port}" if lifecycle_host else "",
         )
-        async with MemosClient(endpoints, timeout_seconds=120) as client:
-            yield InProcessMesh(client, vault, reader, scheduler, nats)
+        client = await stack.enter_async_context(MemosClient(endpoints, timeout_seconds=120))
+        yield InProcessMesh(client, vault, reader, scheduler_host, nats, lifecycle_host)
 
 
 @pytest.fixture

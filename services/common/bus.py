@@ -21,6 +21,7 @@ from .errors import DeadlineExceeded, Unavailable
 log = logging.getLogger(__name__)
 
 VAULT_CONSUMER = "vault"
+VAULT_USAGE_CONSUMER = "vault-usage"
 DUPLICATE_WINDOW_SECONDS = 120.0
 
 STREAMS = {
@@ -42,6 +43,16 @@ STREAMS = {
         storage=StorageType.FILE,
         discard=DiscardPolicy.OLD,
         max_age=7 * 24 * 3600.0,
+        duplicate_window=DUPLICATE_WINDOW_SECONDS,
+    ),
+    # Usage is derived and loss-tolerant: a day is kept, for a vault that rebuilds its index.
+    Stream.USAGE: StreamConfig(
+        name=Stream.USAGE,
+        subjects=[f"{SUBJECT_PREFIX}.usage.>"],
+        retention=RetentionPolicy.LIMITS,
+        storage=StorageType.FILE,
+        discard=DiscardPolicy.OLD,
+        max_age=24 * 3600.0,
         duplicate_window=DUPLICATE_WINDOW_SECONDS,
     ),
 }

@@ -101,7 +101,7 @@ class Mesh:
         }
         if service == "vault":
             env["DATA_DIR"] = str(self.run_dir / "vault")
-        if service == "scheduler":
+        if service in ("scheduler", "lifecycle"):
             env["VAULT_ADDR"] = p.addr("vault")
         if service == "inference":
             env |= {

@@ -6,8 +6,9 @@ fresh while every one of those memories still has that version; Chat checks this
 so a stale cache is never used silently, even if an event was missed. Events only make rebuilds
 come sooner: any ``memory.*`` event of a cube schedules a debounced rebuild.
 
-Selection: the cube's core memories (most used, then most recent) within a token budget, after
-the memories a next-scene hint (the conversation so far) retrieves.
+Selection: the cube's core memories (ACTIVATED ones first, then the most used, then the most
+recent) within a token budget, after the memories a next-scene hint (the conversation so far)
+retrieves.
 """
 
 from __future__ import annotations
@@ -60,7 +61,13 @@ def select(
     """
     ranked_core = sorted(
         core,
-        key=lambda m: (m.usage.access_count, m.update_time.seconds, m.create_time.seconds, m.name),
+        key=lambda m: (
+            m.state == memory_pb2.MEMORY_STATE_ACTIVATED,  # promoted by the lifecycle's rule
+            m.usage.access_count,
+            m.update_time.seconds,
+            m.create_time.seconds,
+            m.name,
+        ),
         reverse=True,
     )
     chosen: dict[str, memory_pb2.Memory] = {}
@@ -136,7 +143,11 @@ class Activations:
             predicted = []
             if hint.strip():
                 found = await self._retriever.search(
-                    cube_id, hint[-4096:], top_k=self._settings.activation_predicted, token_budget=0
+                    cube_id,
+                    hint[-4096:],
+                    top_k=self._settings.activation_predicted,
+                    token_budget=0,
+                    record_usage=False,
                 )
                 predicted = [m for a in found for m in a.span]
             chosen, why = select(core, predicted, self._settings.activation_budget_tokens)

@@ -8,15 +8,21 @@ from services.common.embedder import Embeds
 
 from .assembly import Assembled, assemble
 from .settings import SchedulerSettings
+from .usage import AccessRecorder
 
 
 class Retriever:
     def __init__(
-        self, settings: SchedulerSettings, vault: vault_pb2_grpc.VaultServiceStub, embedder: Embeds
+        self,
+        settings: SchedulerSettings,
+        vault: vault_pb2_grpc.VaultServiceStub,
+        embedder: Embeds,
+        usage: AccessRecorder,
     ) -> None:
         self._settings = settings
         self._vault = vault
         self._embedder = embedder
+        self._usage = usage
 
     async def search(
         self,
@@ -26,7 +32,10 @@ class Retriever:
         top_k: int,
         token_budget: int,
         memory_filter: vault_pb2.MemoryFilter | None = None,
+        record_usage: bool = True,
     ) -> list[Assembled]:
+        """The assembled results; ``record_usage`` counts them as used (a search or a chat turn
+        uses them, a prediction does not)."""
         embedding = (await self._embedder.embed([query]))[0]
         async with forward_errors("vault"):
             found = await self._vault.Query(
@@ -39,10 +48,13 @@ class Retriever:
                 ),
                 timeout=self._settings.vault_timeout_seconds,
             )
-        return assemble(
+        chosen = assemble(
             found.results,
             top_k=top_k,
             token_budget=token_budget,
             join_ratio=self._settings.join_ratio,
             max_span=self._settings.max_span,
         )
+        if record_usage:
+            self._usage.record(cube_id, (m.name for a in chosen for m in a.span))
+        return chosen

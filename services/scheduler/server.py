@@ -22,6 +22,7 @@ from .activation import Activations, open_bucket
 from .chat import Chat
 from .retrieval import Retriever
 from .settings import SchedulerSettings
+from .usage import AccessRecorder
 
 log = logging.getLogger(__name__)
 
@@ -83,7 +84,9 @@ async def setup(stack: AsyncExitStack, settings: SchedulerSettings) -> Component
     channel: grpc.aio.Channel = await stack.enter_async_context(open_channel(settings.vault_addr))
     vault = vault_pb2_grpc.VaultServiceStub(channel)
     js = await open_jetstream(stack, settings.nats_url, "scheduler")
-    retriever = Retriever(settings, vault, open_query_embedder(stack, settings))
+    usage = AccessRecorder(js, enabled=settings.record_usage)
+    stack.push_async_callback(usage.close)
+    retriever = Retriever(settings, vault, open_query_embedder(stack, settings), usage)
     generator = open_generator(stack, settings)
     activations = Activations(
         settings, js=js, bucket=await open_bucket(js), vault=vault, generator=generator, retriever=retriever

@@ -12,6 +12,7 @@ A command is acked only after its effects are in the index and its event is on t
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 from dataclasses import dataclass, field
 from typing import Any
@@ -23,9 +24,10 @@ from nats.js.errors import NotFoundError
 from opentelemetry import trace
 
 from memos.events.v1 import events_pb2
+from memos.type.v1 import memory_pb2
 from memos.vault.v1 import commands_pb2
 from memos_sdk.wire import SUBJECT_PREFIX, EventKind, Stream
-from services.common import validation
+from services.common import states, validation
 from services.common.bus import VAULT_CONSUMER, PullWorker
 from services.common.errors import InvalidArgument
 from services.common.events import publish_event
@@ -113,15 +115,18 @@ class Applier:
             commands.append((msg, command))
         if not commands:
             return
-        batch = _Batch(heads=await self._index.retrieve(sorted({_head_of(c) for _, c in commands})))
-        for msg, command in commands:
-            parent = extract_context(msg.headers)
-            with tracer.start_as_current_span("vault.apply", context=parent, kind=trace.SpanKind.CONSUMER):
-                if command.HasField("put"):
-                    self._put(batch, command.put, parent)
-                else:
-                    self._delete(batch, command.delete.name, parent)
-        await self._index.write(list(batch.upserts.values()), batch.delete_filters)
+        async with self._index.writing:
+            batch = _Batch(heads=await self._index.retrieve(sorted({_head_of(c) for _, c in commands})))
+            for msg, command in commands:
+                parent = extract_context(msg.headers)
+                with tracer.start_as_current_span(
+                    "vault.apply", context=parent, kind=trace.SpanKind.CONSUMER
+                ):
+                    if command.HasField("put"):
+                        self._put(batch, command.put, parent)
+                    else:
+                        self._delete(batch, command.delete.name, parent)
+            await self._index.write(list(batch.upserts.values()), batch.delete_filters)
         await asyncio.gather(*(self._publish(e) for e in batch.events))
         await asyncio.gather(*(msg.ack() for msg, _ in commands))
 
@@ -134,12 +139,42 @@ class Applier:
             log.info("skipping write to deleted memory %s", memory.name)
             return
         if memory.version == stored + 1:
-            if head:
-                previous = records.memory_of(head)
-                vid = records.version_id(memory.cube_id, memory.memory_id, stored)
-                batch.upserts[vid] = IndexPoint(vid, records.payload(previous, Role.VERSION))
-            fields = records.payload(memory, Role.HEAD)
-            batch.upserts[head_id] = IndexPoint(
+            point = self._new_head(batch, put, head)
+            if point is None:
+                return
+            batch.upserts[head_id] = point
+            batch.heads[head_id] = point.payload
+        elif memory.version != stored or _request_of(head) != memory.provenance.request_id:
+            log.warning(
+                "skipping version %d of %s: stored version is %d", memory.version, memory.name, stored
+            )
+            return
+        batch.events.append(_event_of(memory, parent))
+
+    def _new_head(
+        self, batch: _Batch, put: commands_pb2.PutMemory, head: dict[str, Any] | None
+    ) -> IndexPoint | None:
+        """The head point of the put's version; the old head becomes a version point.
+
+        Usage is the vault's, not the writer's: the new version carries the stored counts.
+        """
+        memory = put.memory
+        head_id = records.head_id(memory.cube_id, memory.memory_id)
+        previous = records.memory_of(head) if head else None
+        if put.keep_vectors and (
+            previous is None or previous.text != memory.text or previous.index_context != memory.index_context
+        ):
+            log.warning(
+                "skipping header-only version %d of %s: its text differs", memory.version, memory.name
+            )
+            return None
+        if previous is not None:
+            memory.usage.CopyFrom(previous.usage)
+            vid = records.version_id(memory.cube_id, memory.memory_id, previous.version)
+            batch.upserts[vid] = IndexPoint(vid, records.payload(previous, Role.VERSION))
+        fields = records.payload(memory, Role.HEAD, usage_seq=records.usage_seq(head))
+        if not put.keep_vectors:
+            return IndexPoint(
                 head_id,
                 fields,
                 dense=list(put.embedding),
@@ -147,19 +182,11 @@ class Applier:
                 context=list(put.context_embedding) if put.context_embedding else None,
                 context_text=memory.index_context,
             )
-            batch.heads[head_id] = fields
-        elif memory.version != stored:
-            log.warning(
-                "skipping version %d of %s: stored version is %d", memory.version, memory.name, stored
-            )
-            return
-        if memory.version == 1:
-            kind, payload = EventKind.MEMORY_CREATED, events_pb2.MemoryCreated(memory=memory)
-        else:
-            kind = EventKind.MEMORY_UPDATED
-            payload = events_pb2.MemoryUpdated(memory=memory, previous_version=memory.version - 1)
-        event_id = f"{memory.cube_id}.{memory.memory_id}.v{memory.version}.{kind.value}"
-        batch.events.append(_Event(memory.cube_id, kind, memory.name, event_id, payload, parent))
+        pending = batch.upserts.get(head_id)
+        if pending is not None and not pending.keep_vectors:
+            # The vectors were written in this same batch: keep them with the new header.
+            return dataclasses.replace(pending, payload=fields)
+        return IndexPoint(head_id, fields, keep_vectors=True)
 
     def _delete(self, batch: _Batch, name: str, parent: Any) -> None:
         cube_id, memory_id = validation.memory_name(name)
@@ -173,7 +200,7 @@ class Applier:
             batch.upserts[head_id] = IndexPoint(head_id, fields)
             batch.heads[head_id] = fields
             batch.delete_filters.append(memory_filter(cube_id, Role.VERSION, memory_id=memory_id))
-        payload = events_pb2.MemoryDeleted(name=name, cube_id=cube_id, version=version)
+        payload = events_pb2.MemoryDeleted(name=name, cube_id=cube_id, version=version, purged=True)
         event_id = f"{cube_id}.{memory_id}.deleted"
         batch.events.append(_Event(cube_id, EventKind.MEMORY_DELETED, name, event_id, payload, parent))
 
@@ -190,13 +217,44 @@ class Applier:
             )
 
 
+def _request_of(head: dict[str, Any] | None) -> str:
+    return records.memory_of(head).provenance.request_id if head else ""
+
+
+def _event_of(memory: memory_pb2.Memory, parent: Any) -> _Event:
+    """created for version 1; the target state's kind for a version that changed state; else updated.
+
+    Decided from the command alone, so a redelivered command publishes the same event again.
+    """
+    change = memory.state_change
+    if memory.version == 1:
+        kind: EventKind = EventKind.MEMORY_CREATED
+        payload: Any = events_pb2.MemoryCreated(memory=memory)
+    elif memory.HasField("state_change") and change.to_state == memory.state:
+        kind = EventKind(states.event_kind_value(memory.state))
+        if memory.state == memory_pb2.MEMORY_STATE_DELETED:
+            payload = events_pb2.MemoryDeleted(
+                name=memory.name, cube_id=memory.cube_id, version=memory.version, purged=False
+            )
+        else:
+            payload = events_pb2.MemoryStateChanged(memory=memory, previous_state=change.from_state)
+    else:
+        kind = EventKind.MEMORY_UPDATED
+        payload = events_pb2.MemoryUpdated(memory=memory, previous_version=memory.version - 1)
+    event_id = f"{memory.cube_id}.{memory.memory_id}.v{memory.version}.{kind.value}"
+    return _Event(memory.cube_id, kind, memory.name, event_id, payload, parent)
+
+
 def _check(command: commands_pb2.WriteCommand) -> None:
     if command.HasField("put"):
         memory = command.put.memory
         if memory.name != f"cubes/{memory.cube_id}/memories/{memory.memory_id}" or memory.version < 1:
             raise InvalidArgument("put carries an inconsistent memory header")
         validation.memory_name(memory.name)
-        if not command.put.embedding:
+        if command.put.keep_vectors:
+            if command.put.embedding or command.put.context_embedding:
+                raise InvalidArgument("a header-only put carries embeddings")
+        elif not command.put.embedding:
             raise InvalidArgument("put carries no embedding")
         if command.put.context_embedding and not memory.index_context:
             raise InvalidArgument("put carries a context embedding but no context")

@@ -41,6 +41,7 @@ from qdrant_edge import (
 
 from memos.type.v1 import memory_pb2
 from memos.vault.v1 import vault_pb2
+from services.common import states
 
 from .records import Role
 
@@ -52,8 +53,8 @@ CONTEXT_DENSE = "context_dense"
 CONTEXT_SPARSE = "context_bm25"
 # The shard's directory under the data dir; a new layout gets a new name, and the vault
 # rebuilds it by replaying the write log.
-INDEX_DIR = "index-v2"
-KEYWORD_FIELDS = ("cube", "memory_id", "role", "type", "speaker", "session_id", "tags")
+INDEX_DIR = "index-v3"
+KEYWORD_FIELDS = ("cube", "memory_id", "role", "type", "state", "speaker", "session_id", "tags")
 
 
 @dataclass(frozen=True, slots=True)
@@ -64,17 +65,25 @@ class IndexPoint:
     text: str = ""  # indexed for BM25 when dense is set
     context: list[float] | None = None  # dense vector of context_text
     context_text: str = ""
+    keep_vectors: bool = False  # replace the payload of a stored point, leave its vectors
 
 
 def memory_filter(
     cube_id: str, role: Role, spec: vault_pb2.MemoryFilter | None = None, **exact: str
 ) -> Filter:
-    """The tenant boundary is here: every condition set starts with the cube."""
+    """The tenant boundary is here: every condition set starts with the cube.
+
+    Heads are filtered to the states ``spec`` names, or to the live states when it names none.
+    """
     must: list[Any] = [
         FieldCondition(key="cube", match=MatchValue(cube_id)),
         FieldCondition(key="role", match=MatchValue(role.value)),
     ]
     must += [FieldCondition(key=key, match=MatchValue(value)) for key, value in exact.items()]
+    if role == Role.HEAD:
+        wanted = spec.states if spec is not None and spec.states else sorted(states.LIVE)
+        names = [memory_pb2.MemoryState.Name(s) for s in wanted]
+        must.append(FieldCondition(key="state", match=MatchAny(names)))
     if spec is not None:
         if spec.types:
             names = [memory_pb2.MemoryType.Name(t) for t in spec.types]
@@ -101,6 +110,8 @@ class EdgeIndex:
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="edge")
         self._shard: EdgeShard | None = None
         self.created = False
+        # Held from reading heads to writing them back (write log and usage both change heads).
+        self.writing = asyncio.Lock()
 
     async def _run(self, fn, *args):
         return await asyncio.get_running_loop().run_in_executor(self._executor, fn, *args)
@@ -170,6 +181,9 @@ class EdgeIndex:
         def write() -> None:
             points = []
             for p in upserts:
+                if p.keep_vectors:
+                    self.shard.update(UpdateOperation.overwrite_payload([p.id], p.payload))
+                    continue
                 vectors: dict[str, Any] = {}
                 if p.dense is not None:
                     vectors = {DENSE: p.dense, SPARSE: self._bm25.embed_document(p.text)}

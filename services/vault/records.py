@@ -36,8 +36,11 @@ def _rfc3339(ts: Timestamp) -> str | None:
     return ts.ToJsonString() if ts.seconds or ts.nanos else None
 
 
-def payload(memory: memory_pb2.Memory, role: Role) -> dict[str, object]:
-    """Filterable fields plus the whole record (the protobuf, base64) for lossless reads."""
+def payload(memory: memory_pb2.Memory, role: Role, *, usage_seq: int = 0) -> dict[str, object]:
+    """Filterable fields plus the whole record (the protobuf, base64) for lossless reads.
+
+    ``usage_seq`` is the last MEMOS_USAGE message folded into the head's usage counts.
+    """
     sources = memory.provenance.sources
     fields: dict[str, object] = {
         "cube": memory.cube_id,
@@ -45,15 +48,22 @@ def payload(memory: memory_pb2.Memory, role: Role) -> dict[str, object]:
         "role": role.value,
         "version": memory.version,
         "type": memory_pb2.MemoryType.Name(memory.type),
+        "state": memory_pb2.MemoryState.Name(memory.state),
         "speaker": memory.speaker,
         "session_id": sources[0].session_id if sources else "",
         "tags": list(memory.tags),
         "record": base64.b64encode(memory.SerializeToString()).decode("ascii"),
     }
+    if usage_seq:
+        fields["usage_seq"] = usage_seq
     event_time = _rfc3339(memory.event_time)
     if event_time:
         fields["event_time"] = event_time
     return fields
+
+
+def usage_seq(fields: dict[str, object] | None) -> int:
+    return int(fields.get("usage_seq", 0)) if fields else 0  # type: ignore[call-overload]
 
 
 def tombstone(cube_id: str, memory_id: str, version: int) -> dict[str, object]:

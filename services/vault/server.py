@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import uuid
 from contextlib import AsyncExitStack
@@ -22,6 +23,7 @@ from .applier import Applier
 from .index import CONTEXT_DENSE, DENSE, INDEX_DIR, EdgeIndex, memory_filter
 from .records import Role
 from .settings import VaultSettings
+from .usage import UsageFolder
 
 log = logging.getLogger(__name__)
 
@@ -96,20 +98,34 @@ class VaultServicer(vault_pb2_grpc.VaultServiceServicer):
                 f"embedding has {len(request.embedding)} dimensions, the index {self._embedder.dim}",
                 reason="EMBEDDING_DIMENSION_MISMATCH",
             )
-        if not request.embedding and not request.text.strip():
-            raise InvalidArgument("give text, an embedding, or both", reason="EMPTY_QUERY")
         limit = request.limit or 20
+        text, dense, exclude = request.text, list(request.embedding) or None, None
+        if request.similar_to:
+            if text or dense:
+                raise InvalidArgument("give similar_to or text and embedding, not both", reason="MIXED_QUERY")
+            like = await self._head(request.similar_to)
+            if like.cube_id != cube_id:
+                raise InvalidArgument(f"{like.name} is not in cube {cube_id}", reason="NAME_OUTSIDE_CUBE")
+            point_id = records.head_id(cube_id, like.memory_id)
+            # Dense only: the scores are then plain cosines, which callers can compare to thresholds.
+            text, dense = "", (await self._index.retrieve_vectors(point_id)).get(DENSE)
+            exclude = like.memory_id
+        if not dense and not text.strip():
+            raise InvalidArgument("give text, an embedding, or both", reason="EMPTY_QUERY")
         hits = await self._index.hybrid(
             memory_filter(cube_id, Role.HEAD, request.filter),
-            dense=list(request.embedding) or None,
-            text=request.text,
-            limit=limit,
+            dense=dense,
+            text=text,
+            limit=limit + (exclude is not None),
             depth=max(limit, self._settings.search_depth),
             sparse_weight=self._settings.sparse_weight,
         )
-        return vault_pb2.QueryResponse(
-            results=[memory_pb2.ScoredMemory(memory=records.memory_of(p), score=s) for p, s in hits]
-        )
+        results = [
+            memory_pb2.ScoredMemory(memory=records.memory_of(p), score=s)
+            for p, s in hits
+            if p.get("memory_id") != exclude
+        ]
+        return vault_pb2.QueryResponse(results=results[:limit])
 
     async def UpdateMemory(self, request, context):
         request_id = validation.request_id(request.request_id) or uuid.uuid4().hex
@@ -137,6 +153,7 @@ class VaultServicer(vault_pb2_grpc.VaultServiceServicer):
             raise InvalidArgument("text must not be empty", reason="EMPTY_TEXT")
         updated.version = current.version + 1
         updated.update_time.CopyFrom(now_timestamp())
+        updated.ClearField("state_change")  # set only on versions that changed state
         updated.provenance.request_id = request_id
         if updated.text != current.text:
             # The context was read around the old words; the new text stands alone.
@@ -197,10 +214,14 @@ async def setup(stack: AsyncExitStack, settings: VaultSettings) -> Component:
     )
     await index.open()
     stack.push_async_callback(index.close)
-    applier = Applier(
-        js, index, batch_size=settings.apply_batch_size, ack_wait_seconds=settings.apply_ack_wait_seconds
-    )
+    consumers = dict(batch_size=settings.apply_batch_size, ack_wait_seconds=settings.apply_ack_wait_seconds)
+    applier, usage = Applier(js, index, **consumers), UsageFolder(js, index, **consumers)
     await applier.prepare()
+    await usage.prepare()
+
+    async def stop() -> None:
+        await asyncio.gather(applier.stop(), usage.stop())
+
     servicer = VaultServicer(settings, index, js, embedder)
     return Component(
         registrations=[
@@ -211,6 +232,6 @@ async def setup(stack: AsyncExitStack, settings: VaultSettings) -> Component:
                 servicer,
             )
         ],
-        background=[applier.run],
-        on_stop=applier.stop,
+        background=[applier.run, usage.run],
+        on_stop=stop,
     )

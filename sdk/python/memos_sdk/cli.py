@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import datetime as dt
 import json
 import sys
 import time
@@ -12,6 +13,7 @@ from pathlib import Path
 from google.protobuf import json_format
 
 from memos.scheduler.v1 import scheduler_pb2
+from memos.type.v1 import memory_pb2
 
 from .bundles import count_turns, ingest_bundle, read_bundles
 from .client import MemosClient
@@ -23,9 +25,37 @@ def _json(message) -> str:
     return json.dumps(json_format.MessageToDict(message, preserving_proto_field_name=True), indent=2)
 
 
+STATES = {
+    name.removeprefix("MEMORY_STATE_").lower(): value
+    for name, value in memory_pb2.MemoryState.items()
+    if value != memory_pb2.MEMORY_STATE_UNSPECIFIED
+}
+
+
+def _state(value: int) -> str:
+    return memory_pb2.MemoryState.Name(value).removeprefix("MEMORY_STATE_").lower()
+
+
 def _line(memory) -> str:
     sources = ",".join(s.turn_id for s in memory.provenance.sources)
-    return f"{memory.name}  v{memory.version}  [{sources}]\n    {memory.text}"
+    line = f"{memory.name}  v{memory.version}  {_state(memory.state)}  [{sources}]\n    {memory.text}"
+    change = memory.state_change
+    if memory.HasField("state_change"):
+        why = f"{change.rule}" + (f" {change.score:.3g}" if change.score else "")
+        related = f" -> {change.related_name}" if change.related_name else ""
+        line += f"\n    ({_state(change.from_state)} -> {_state(change.to_state)} by {why}{related}: {change.reason})"
+    return line
+
+
+def _duration(text: str) -> dt.timedelta:
+    """ "90s", "15m", "12h", "30d" or a number of seconds."""
+    units = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
+    try:
+        if text[-1:] in units:
+            return dt.timedelta(seconds=float(text[:-1]) * units[text[-1]])
+        return dt.timedelta(seconds=float(text))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a duration like 90s, 15m, 12h or 30d") from None
 
 
 async def cmd_add(client: MemosClient, args: argparse.Namespace) -> int:
@@ -73,7 +103,8 @@ async def cmd_get(client: MemosClient, args: argparse.Namespace) -> int:
 
 async def cmd_list(client: MemosClient, args: argparse.Namespace) -> int:
     shown = 0
-    async for memory in client.iter_memories(args.cube, speaker=args.speaker):
+    states = [STATES[s] for s in args.state]
+    async for memory in client.iter_memories(args.cube, speaker=args.speaker, states=states):
         print(json.dumps(json_format.MessageToDict(memory)) if args.json else _line(memory))
         shown += 1
         if args.limit and shown >= args.limit:
@@ -169,6 +200,49 @@ async def cmd_versions(client: MemosClient, args: argparse.Namespace) -> int:
     return 0
 
 
+async def cmd_transition(client: MemosClient, args: argparse.Namespace) -> int:
+    memory = await client.transition(
+        args.name,
+        STATES[args.state],
+        reason=args.reason,
+        related_name=args.related,
+        expected_version=args.expected_version,
+    )
+    print(_line(memory))
+    return 0
+
+
+async def cmd_rollback(client: MemosClient, args: argparse.Namespace) -> int:
+    print(_line(await client.rollback(args.name, args.version)))
+    return 0
+
+
+async def cmd_policy(client: MemosClient, args: argparse.Namespace) -> int:
+    changes = (args.ttl, args.half_life, args.archive_below, args.promote_at, args.conflicts)
+    if any(c is not None for c in changes):
+        current = await client.get_policy(args.cube)
+
+        def keep(field: str) -> dt.timedelta | None:
+            return getattr(current, field).ToTimedelta() if current.HasField(field) else None
+
+        policy = await client.set_policy(
+            args.cube,
+            ttl=args.ttl if args.ttl is not None else keep("ttl"),
+            decay_half_life=args.half_life if args.half_life is not None else keep("decay_half_life"),
+            archive_threshold=args.archive_below
+            if args.archive_below is not None
+            else current.archive_threshold,
+            promote_access_count=args.promote_at
+            if args.promote_at is not None
+            else current.promote_access_count,
+            resolve_conflicts=(args.conflicts == "on") if args.conflicts else current.resolve_conflicts,
+        )
+    else:
+        policy = await client.get_policy(args.cube)
+    print(_json(policy))
+    return 0
+
+
 async def cmd_watch(client: MemosClient, args: argparse.Namespace) -> int:
     print(
         f"watching memory events of {'every cube' if args.cube == '*' else args.cube} (Ctrl-C stops)",
@@ -201,7 +275,7 @@ def build_parser() -> argparse.ArgumentParser:
         prog="memos",
         description="Store and find memories in a MemOS mesh. Start one with `make run`.",
         epilog="Endpoints: MEMOS_PORT_BASE (local mesh, default 50050) or MEMOS_READER_ADDR, "
-        "MEMOS_VAULT_ADDR, MEMOS_SCHEDULER_ADDR, MEMOS_NATS_URL.",
+        "MEMOS_VAULT_ADDR, MEMOS_SCHEDULER_ADDR, MEMOS_LIFECYCLE_ADDR, MEMOS_NATS_URL.",
     )
     parser.add_argument("--timeout", type=float, default=120, help="seconds per request (default 120)")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
@@ -235,6 +309,13 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("list", help="list the memories of a cube")
     p.add_argument("--cube", required=True)
     p.add_argument("--speaker", default="", help="only memories of this speaker")
+    p.add_argument(
+        "--state",
+        action="append",
+        default=[],
+        choices=sorted(STATES),
+        help="only memories in this state (repeatable; default: the live ones, generated and activated)",
+    )
     p.add_argument("--limit", type=int, default=0, help="stop after this many (default: all)")
     p.add_argument("--json", action="store_true", help="one JSON object a line")
     p.set_defaults(run=cmd_list)
@@ -252,6 +333,38 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("delete", help="delete a memory and its versions")
     p.add_argument("name")
     p.set_defaults(run=cmd_delete)
+
+    p = sub.add_parser(
+        "transition",
+        help="move a memory to another life-cycle state",
+        description="Legal moves: generated/activated -> activated, archived, expired, deleted, merged, "
+        "superseded; archived, expired, merged, superseded -> activated (restore) or deleted. "
+        "The memory keeps every version.",
+    )
+    p.add_argument("name")
+    p.add_argument("state", choices=sorted(s for s in STATES if s != "generated"))
+    p.add_argument("--reason", default="", help="why (kept in the version's state change)")
+    p.add_argument("--related", default="", help="for merged/superseded: the memory it went to")
+    p.add_argument("--expected-version", type=int, default=0, help="fail if the memory has moved on")
+    p.set_defaults(run=cmd_transition)
+
+    p = sub.add_parser("rollback", help="make an earlier version's content current again (as a new version)")
+    p.add_argument("name")
+    p.add_argument("version", type=int)
+    p.set_defaults(run=cmd_rollback)
+
+    p = sub.add_parser(
+        "policy",
+        help="show or change a cube's life-cycle policy (TTL, decay, promotion, conflicts)",
+        description="With no option, prints the policy; options change only what they name.",
+    )
+    p.add_argument("--cube", required=True)
+    p.add_argument("--ttl", type=_duration, help="memories expire this long after creation (90s, 12h, 30d)")
+    p.add_argument("--half-life", type=_duration, help="half-life of the usage-based importance")
+    p.add_argument("--archive-below", type=float, help="archive memories whose importance falls below this")
+    p.add_argument("--promote-at", type=int, help="activate memories used this many times (0: never)")
+    p.add_argument("--conflicts", choices=("on", "off"), help="merge restatements, supersede contradictions")
+    p.set_defaults(run=cmd_policy)
 
     p = sub.add_parser("chat", help="talk with a model that remembers the cube (interactive)")
     p.add_argument("--cube", required=True)

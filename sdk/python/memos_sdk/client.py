@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import contextlib
+import datetime as dt
 from collections.abc import AsyncIterator, Iterable, Mapping
 from typing import Any
 
 import grpc
-from google.protobuf import field_mask_pb2
+from google.protobuf import duration_pb2, field_mask_pb2
 
+from memos.lifecycle.v1 import lifecycle_pb2, lifecycle_pb2_grpc
 from memos.reader.v1 import reader_pb2, reader_pb2_grpc
 from memos.scheduler.v1 import scheduler_pb2, scheduler_pb2_grpc
 from memos.type.v1 import memory_pb2
@@ -54,13 +56,14 @@ class MemosClient:
     def __init__(self, endpoints: Endpoints | None = None, *, timeout_seconds: float = 60.0) -> None:
         self.endpoints = endpoints or Endpoints.from_env()
         self.timeout = timeout_seconds
-        self._channels = [
-            grpc.aio.insecure_channel(addr, interceptors=trace_interceptors())
-            for addr in (self.endpoints.reader, self.endpoints.vault, self.endpoints.scheduler)
-        ]
+        addrs = [self.endpoints.reader, self.endpoints.vault, self.endpoints.scheduler]
+        # Without a lifecycle address its calls go to the vault, which answers UNIMPLEMENTED.
+        addrs.append(self.endpoints.lifecycle or self.endpoints.vault)
+        self._channels = [grpc.aio.insecure_channel(a, interceptors=trace_interceptors()) for a in addrs]
         self.reader = reader_pb2_grpc.ReaderServiceStub(self._channels[0])
         self.vault = vault_pb2_grpc.VaultServiceStub(self._channels[1])
         self.scheduler = scheduler_pb2_grpc.SchedulerServiceStub(self._channels[2])
+        self.lifecycle = lifecycle_pb2_grpc.LifecycleServiceStub(self._channels[3])
 
     async def __aenter__(self) -> MemosClient:
         return self
@@ -128,10 +131,21 @@ class MemosClient:
     # -- reads ----------------------------------------------------------------------------
 
     async def search(
-        self, cube_id: str, query: str, *, top_k: int = 10, token_budget: int = 0
+        self,
+        cube_id: str,
+        query: str,
+        *,
+        top_k: int = 10,
+        token_budget: int = 0,
+        states: Iterable[int] = (),
     ) -> scheduler_pb2.SearchResponse:
+        """``states`` (MemoryState values) widens the search beyond the live memories."""
         request = scheduler_pb2.SearchRequest(
-            cube_id=cube_id, query=query, top_k=top_k, token_budget=token_budget
+            cube_id=cube_id,
+            query=query,
+            top_k=top_k,
+            token_budget=token_budget,
+            filter=vault_pb2.MemoryFilter(states=list(states)),
         )
         async with _api_errors():
             return await self.scheduler.Search(request, timeout=self.timeout)
@@ -179,23 +193,32 @@ class MemosClient:
             return await self.vault.GetMemory(vault_pb2.GetMemoryRequest(name=name), timeout=self.timeout)
 
     async def list_page(
-        self, cube_id: str, *, page_size: int = 100, page_token: str = "", speaker: str = ""
+        self,
+        cube_id: str,
+        *,
+        page_size: int = 100,
+        page_token: str = "",
+        speaker: str = "",
+        states: Iterable[int] = (),
     ) -> vault_pb2.ListMemoriesResponse:
+        """One page of the cube's memories: the live ones, or those in ``states``."""
         request = vault_pb2.ListMemoriesRequest(
             cube_id=cube_id,
             page_size=page_size,
             page_token=page_token,
-            filter=vault_pb2.MemoryFilter(speaker=speaker),
+            filter=vault_pb2.MemoryFilter(speaker=speaker, states=list(states)),
         )
         async with _api_errors():
             return await self.vault.ListMemories(request, timeout=self.timeout)
 
     async def iter_memories(
-        self, cube_id: str, *, page_size: int = 500, speaker: str = ""
+        self, cube_id: str, *, page_size: int = 500, speaker: str = "", states: Iterable[int] = ()
     ) -> AsyncIterator[memory_pb2.Memory]:
-        token = ""
+        token, states = "", list(states)
         while True:
-            page = await self.list_page(cube_id, page_size=page_size, page_token=token, speaker=speaker)
+            page = await self.list_page(
+                cube_id, page_size=page_size, page_token=token, speaker=speaker, states=states
+            )
             for memory in page.memories:
                 yield memory
             token = page.next_page_token
@@ -212,6 +235,69 @@ class MemosClient:
             token = page.next_page_token
             if not token:
                 return out
+
+    # -- life cycle -----------------------------------------------------------------------
+
+    async def transition(
+        self,
+        name: str,
+        state: int,
+        *,
+        reason: str = "",
+        related_name: str = "",
+        expected_version: int = 0,
+        request_id: str = "",
+    ) -> memory_pb2.Memory:
+        """Move a memory to another life-cycle state (FAILED_PRECONDITION when the move is illegal)."""
+        request = lifecycle_pb2.TransitionRequest(
+            name=name,
+            target_state=state,
+            reason=reason,
+            related_name=related_name,
+            expected_version=expected_version,
+            request_id=request_id,
+        )
+        async with _api_errors():
+            return await self.lifecycle.Transition(request, timeout=self.timeout)
+
+    async def rollback(self, name: str, version: int, *, request_id: str = "") -> memory_pb2.Memory:
+        """Make an earlier version's content current again, as a new version."""
+        request = lifecycle_pb2.RollbackRequest(name=name, version=version, request_id=request_id)
+        async with _api_errors():
+            return await self.lifecycle.Rollback(request, timeout=self.timeout)
+
+    async def get_policy(self, cube_id: str) -> lifecycle_pb2.Policy:
+        async with _api_errors():
+            return await self.lifecycle.GetPolicy(
+                lifecycle_pb2.GetPolicyRequest(name=f"cubes/{cube_id}/policy"), timeout=self.timeout
+            )
+
+    async def set_policy(
+        self,
+        cube_id: str,
+        *,
+        ttl: dt.timedelta | None = None,
+        decay_half_life: dt.timedelta | None = None,
+        archive_threshold: float = 0.0,
+        promote_access_count: int = 0,
+        resolve_conflicts: bool = True,
+    ) -> lifecycle_pb2.Policy:
+        """Replace the cube's life-cycle policy (unset durations mean never)."""
+        policy = lifecycle_pb2.Policy(
+            name=f"cubes/{cube_id}/policy",
+            archive_threshold=archive_threshold,
+            promote_access_count=promote_access_count,
+            resolve_conflicts=resolve_conflicts,
+        )
+        for field, value in (("ttl", ttl), ("decay_half_life", decay_half_life)):
+            if value is not None:
+                duration = duration_pb2.Duration()
+                duration.FromTimedelta(value)
+                getattr(policy, field).CopyFrom(duration)
+        async with _api_errors():
+            return await self.lifecycle.SetPolicy(
+                lifecycle_pb2.SetPolicyRequest(policy=policy), timeout=self.timeout
+            )
 
     # -- events ---------------------------------------------------------------------------
 

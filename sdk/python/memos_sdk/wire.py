@@ -25,12 +25,14 @@ class Stream(StrEnum):
 
     WRITES = "MEMOS_WRITES"  # the write log: system of record for memory items
     EVENTS = "MEMOS_EVENTS"  # memory-change events for subscribers
+    USAGE = "MEMOS_USAGE"  # which memories searches returned (usage counts), kept a while
 
 
 class Bucket(StrEnum):
     """JetStream key-value buckets owned by the mesh."""
 
     ACTIVATION = "MEMOS_ACTIVATION"  # cube id -> memos.type.v1.Activation (its current KV cache)
+    POLICIES = "MEMOS_POLICIES"  # cube id -> memos.lifecycle.v1.Policy
 
 
 class EventKind(StrEnum):
@@ -39,6 +41,13 @@ class EventKind(StrEnum):
     MEMORY_CREATED = "memory.created"
     MEMORY_UPDATED = "memory.updated"
     MEMORY_DELETED = "memory.deleted"
+    # Life-cycle moves, one kind per target state (payload MemoryStateChanged); the move to
+    # DELETED is memory.deleted with purged = false.
+    MEMORY_ACTIVATED = "memory.activated"
+    MEMORY_ARCHIVED = "memory.archived"
+    MEMORY_EXPIRED = "memory.expired"
+    MEMORY_MERGED = "memory.merged"
+    MEMORY_SUPERSEDED = "memory.superseded"
     KV_BUILT = "kv.built"
 
     @property
@@ -65,6 +74,10 @@ PROTOBUF_CONTENT_TYPE = "application/protobuf"
 
 def writes_subject(cube_id: str) -> str:
     return f"{SUBJECT_PREFIX}.writes.{cube_id}"
+
+
+def usage_subject(cube_id: str) -> str:
+    return f"{SUBJECT_PREFIX}.usage.{cube_id}"
 
 
 def events_subject(cube_id: str, kind: EventKind | str = ">") -> str:

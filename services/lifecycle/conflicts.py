@@ -1,0 +1,277 @@
+"""Duplicates and contradictions among a cube's memories, resolved as each new memory arrives.
+
+For a new memory the lifecycle asks the vault for the nearest live memories of the same speaker
+(cosine of their text embeddings) and judges the best one:
+
+- *contradiction*: the two talk about one thing (cosine >= conflict_similarity and shared topic
+  words) and the later one says that something changed ("no longer", "moved to", "I'm vegan
+  now", ...) or flips a negation.
+  The later one (by event time) supersedes the earlier: the earlier becomes SUPERSEDED with a
+  link and a valid_to time, and stays readable.
+- *duplicate*: the same words, or cosine >= duplicate_similarity with the same topic words. The
+  new one is MERGED into the older one, which takes on its sources (provenance of both kept).
+
+Rules over words are cheap and explainable, and they miss contradictions that share no words
+("I love steak" then "I'm vegan now"): that needs world knowledge no packaged model here has.
+
+Nothing is deleted, and every decision records its rule and score in the state change.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+from dataclasses import dataclass
+
+from nats.aio.msg import Msg
+from nats.js import JetStreamContext
+from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
+
+from memos.events.v1 import events_pb2
+from memos.type.v1 import memory_pb2
+from memos.vault.v1 import vault_pb2, vault_pb2_grpc
+from memos_sdk.wire import EventKind, Stream, events_subject
+from services.common import states
+from services.common.bus import PullWorker
+from services.common.clients import forward_errors
+from services.common.errors import MemosError, NotFound
+
+from .moves import Mover
+from .policies import Policies
+from .settings import LifecycleSettings
+
+log = logging.getLogger(__name__)
+
+CONSUMER = "lifecycle-conflicts"
+S = memory_pb2.MemoryState
+
+_PREFIX = re.compile(r"^\[[^\]]*\]\s*")
+_WORD = re.compile(r"[a-z0-9']+")
+# Words that say the world changed since an earlier statement. Bare "now" is not one ("now I'm
+# painting") unless it closes a sentence or a statement of being ("I drive a Ford now").
+_CHANGE = re.compile(
+    r"(?<!won't )(?<!don't )(?<!never )(?<!not )"  # "I won't quit" changes nothing
+    r"\b(no longer|not any ?more|anymore|any more|nowadays|these days|from now on|used to|"
+    r"switched|moved (?:to|out|away)|quit|stopped|gave up|sold|changed (?:my|our|jobs?)|instead of)\b"
+    r"|\b(?:i am|i'm|we are|we're|is|are)\b[^.!?,;]{1,40}\bnow\b|\bnow\s*(?:[.!]|$)"
+)
+_NEGATION = re.compile(r"\b(?:not|never|no|don't|doesn't|didn't|isn't|aren't|wasn't|can't|won't)\b")
+# Phrases that look negative and are not: stripped before looking for a negation.
+_IDIOMS = re.compile(r"\b(?:can't wait|no worries|no problem|long time no \w+|not sure)\b")
+# People a statement may be about instead of the speaker ("my sister is vegan").
+_PEOPLE = re.compile(
+    r"\bmy (sister|brother|mom|mother|dad|father|parents|friend|friends|cousin|uncle|aunt|"
+    r"neighbou?r|roommate|husband|wife|partner|boss|son|daughter|kids|grandma|grandpa|colleague|"
+    r"coworker|family)\b"
+)
+_STOP = frozenset(
+    "a an the and or but so of to in on at for with from by about as is am are was were be been "
+    "being i i'm me my we our you your he she it its they them their this that these those there "
+    "have has had do does did will would can could should just really very too also not no never "
+    "don't doesn't didn't isn't aren't wasn't can't won't now then what which who how when where "
+    "yes yeah oh wow so lot lots much more some any all hey hi hello thanks".split()
+)
+
+
+@dataclass(frozen=True, slots=True)
+class Verdict:
+    rule: str  # "duplicate" or "contradiction"
+    score: float
+    reason: str
+
+
+def content(memory: memory_pb2.Memory) -> str:
+    """The words said, lower-case, without the date and the speaker the reader puts in front."""
+    text = _PREFIX.sub("", memory.text)
+    if memory.speaker and text.startswith(memory.speaker + ":"):
+        text = text[len(memory.speaker) + 1 :]
+    return " ".join(_WORD.findall(text.lower()))
+
+
+def topic_words(text: str) -> set[str]:
+    return {w for w in text.split() if w not in _STOP and len(w) > 2}
+
+
+def when(memory: memory_pb2.Memory) -> int:
+    stamp = memory.event_time if memory.HasField("event_time") else memory.create_time
+    return stamp.ToNanoseconds()
+
+
+def judge(
+    earlier: memory_pb2.Memory,
+    later: memory_pb2.Memory,
+    similarity: float,
+    *,
+    duplicate_similarity: float,
+    conflict_similarity: float,
+) -> Verdict | None:
+    """What the later memory does to the earlier one, if anything.
+
+    ``similarity`` is the cosine of the two memories' text vectors. Both must be about the same
+    people. A contradiction also needs a change cue only the later one has, with half of the
+    shorter one's topic words shared, or a negation only one has, with half of all topic words
+    shared. A duplicate needs the same words, or all the shorter one's topic words in the other.
+    """
+    old, new = content(earlier), content(later)
+    if not old or not new:
+        return None
+    if old == new:
+        return Verdict("duplicate", similarity, "the same words")
+    old_topic, new_topic = topic_words(old), topic_words(new)
+    if not old_topic or not new_topic:
+        return None
+    common = len(old_topic & new_topic)
+    covered = common / min(len(old_topic), len(new_topic))  # the shorter one's topic is in the other
+    alike = common / max(len(old_topic), len(new_topic))  # the two say nearly the same
+    same_people = set(_PEOPLE.findall(old)) == set(_PEOPLE.findall(new))
+    if similarity >= conflict_similarity and same_people:
+        cue = _CHANGE.search(new)
+        if covered >= 0.5 and cue and not _CHANGE.search(old):
+            return Verdict("contradiction", similarity, f"the later memory says it changed ({cue[0]!r})")
+        negated_old, negated_new = (bool(_NEGATION.search(_IDIOMS.sub("", t))) for t in (old, new))
+        if alike >= 0.5 and negated_old != negated_new:
+            return Verdict("contradiction", similarity, "the later memory negates the earlier one")
+    if similarity >= duplicate_similarity and covered == 1.0 and same_people:
+        return Verdict("duplicate", similarity, "restates the earlier memory")
+    return None
+
+
+def _sources(memory: memory_pb2.Memory) -> set[tuple[str, str]]:
+    return {(s.session_id, s.turn_id) for s in memory.provenance.sources}
+
+
+class ConflictResolver:
+    def __init__(
+        self,
+        settings: LifecycleSettings,
+        js: JetStreamContext,
+        policies: Policies,
+        vault: vault_pb2_grpc.VaultServiceStub,
+        mover: Mover,
+    ) -> None:
+        self._settings = settings
+        self._js = js
+        self._policies = policies
+        self._vault = vault
+        self._mover = mover
+        self._worker: PullWorker | None = None
+
+    async def prepare(self) -> None:
+        config = ConsumerConfig(
+            durable_name=CONSUMER,
+            ack_policy=AckPolicy.EXPLICIT,
+            deliver_policy=DeliverPolicy.NEW,
+            filter_subject=events_subject("*", EventKind.MEMORY_CREATED),
+            ack_wait=60.0,
+            max_deliver=5,
+        )
+        await self._js.add_consumer(Stream.EVENTS, config)
+        sub = await self._js.pull_subscribe_bind(durable=CONSUMER, stream=Stream.EVENTS)
+        self._worker = PullWorker(sub, self._handle, batch_size=32, name="conflicts")
+
+    async def run(self) -> None:
+        assert self._worker is not None, "prepare() first"
+        await self._worker.run()
+
+    async def stop(self) -> None:
+        if self._worker is not None:
+            await self._worker.stop()
+
+    async def _handle(self, msgs: list[Msg]) -> None:
+        for msg in msgs:
+            try:
+                created = events_pb2.MemoryCreated.FromString(msg.data)
+                await self.resolve(created.memory.name)
+            except NotFound:
+                pass  # deleted since
+            except MemosError as err:
+                log.warning("conflict check of an event failed, retrying later: %s", err)
+                await msg.nak(delay=5)
+                continue
+            except Exception:
+                log.exception("dropping malformed created event seq=%s", msg.metadata.sequence.stream)
+                await msg.term()
+                continue
+            await msg.ack()
+
+    async def resolve(self, name: str) -> Verdict | None:
+        """Judge a memory against its nearest live neighbours and apply the verdict."""
+        memory = await self._mover.get(name)
+        if memory.state not in states.LIVE or memory.kind != memory_pb2.MEMORY_KIND_PLAINTEXT:
+            return None
+        if not (await self._policies.get(memory.cube_id)).resolve_conflicts:
+            return None
+        async with forward_errors("vault"):
+            found = await self._vault.Query(
+                vault_pb2.QueryRequest(
+                    cube_id=memory.cube_id,
+                    similar_to=name,
+                    limit=self._settings.conflict_candidates,
+                    filter=vault_pb2.MemoryFilter(speaker=memory.speaker),
+                ),
+                timeout=self._settings.vault_timeout_seconds,
+            )
+        for hit in found.results:
+            other = hit.memory
+            if other.speaker != memory.speaker or _sources(other) & _sources(memory):
+                continue  # another speaker, or a piece of the same turn
+            earlier, later = sorted((other, memory), key=lambda m: (when(m), m.create_time.ToNanoseconds()))
+            verdict = judge(
+                earlier,
+                later,
+                hit.score,
+                duplicate_similarity=self._settings.duplicate_similarity,
+                conflict_similarity=self._settings.conflict_similarity,
+            )
+            if verdict is None:
+                continue
+            if verdict.rule == "contradiction":
+                await self.supersede(earlier, later, verdict)
+            else:
+                await self.merge(memory, other, verdict)
+            return verdict
+        return None
+
+    async def supersede(self, earlier: memory_pb2.Memory, later: memory_pb2.Memory, verdict: Verdict) -> None:
+        if later.lineage.supersedes != earlier.name:
+
+            def link(m: memory_pb2.Memory) -> None:
+                m.lineage.supersedes = earlier.name
+                if not m.HasField("valid_from"):
+                    m.valid_from.CopyFrom(m.event_time if m.HasField("event_time") else m.create_time)
+
+            later = await self._mover.write(later, link)
+
+        def retire(m: memory_pb2.Memory) -> None:
+            m.lineage.superseded_by = later.name
+            m.valid_to.CopyFrom(later.valid_from)
+
+        change = _change(S.MEMORY_STATE_SUPERSEDED, verdict, later.name)
+        await self._mover.move(earlier, change, edit=retire)
+        log.info("%s supersedes %s (%s, %.3f)", later.name, earlier.name, verdict.reason, verdict.score)
+
+    async def merge(
+        self, duplicate: memory_pb2.Memory, survivor: memory_pb2.Memory, verdict: Verdict
+    ) -> None:
+        if duplicate.name not in survivor.lineage.parent_names:
+
+            def absorb(m: memory_pb2.Memory) -> None:
+                m.lineage.parent_names.append(duplicate.name)
+                known = _sources(m)
+                m.provenance.sources.extend(
+                    s for s in duplicate.provenance.sources if (s.session_id, s.turn_id) not in known
+                )
+
+            survivor = await self._mover.write(survivor, absorb)
+
+        def point(m: memory_pb2.Memory) -> None:
+            m.lineage.merged_into = survivor.name
+
+        await self._mover.move(duplicate, _change(S.MEMORY_STATE_MERGED, verdict, survivor.name), edit=point)
+        log.info("%s merged into %s (%.3f)", duplicate.name, survivor.name, verdict.score)
+
+
+def _change(target: int, verdict: Verdict, related: str) -> memory_pb2.StateChange:
+    return memory_pb2.StateChange(
+        to_state=target, rule=verdict.rule, score=verdict.score, reason=verdict.reason, related_name=related
+    )

@@ -1,0 +1,119 @@
+"""Folds search accesses (MEMOS_USAGE) into each memory's usage counts, without a new version.
+
+Never twice: a head remembers the last usage message folded into it (``usage_seq``),
+so a redelivered message counts nowhere twice. A message naming a memory the vault has not
+applied yet (a rebuild replaying the log) is retried later for that memory alone.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import defaultdict
+from dataclasses import dataclass, field
+
+from google.protobuf.timestamp_pb2 import Timestamp
+from nats.aio.msg import Msg
+from nats.js import JetStreamContext
+from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
+from nats.js.errors import NotFoundError
+
+from memos.vault.v1 import commands_pb2
+from memos_sdk.wire import SUBJECT_PREFIX, Stream
+from services.common import validation
+from services.common.bus import VAULT_USAGE_CONSUMER, PullWorker
+
+from . import records
+from .index import EdgeIndex, IndexPoint
+from .records import Role
+
+log = logging.getLogger(__name__)
+
+RETRY_SECONDS = 1.0
+
+
+@dataclass
+class _Tally:
+    count: int = 0
+    last: Timestamp = field(default_factory=Timestamp)
+    seq: int = 0
+
+
+class UsageFolder:
+    def __init__(self, js: JetStreamContext, index: EdgeIndex, *, batch_size: int, ack_wait_seconds: float):
+        self._js = js
+        self._index = index
+        self._batch_size = batch_size
+        self._ack_wait = ack_wait_seconds
+        self._worker: PullWorker | None = None
+
+    async def prepare(self) -> None:
+        config = ConsumerConfig(
+            durable_name=VAULT_USAGE_CONSUMER,
+            ack_policy=AckPolicy.EXPLICIT,
+            deliver_policy=DeliverPolicy.ALL,
+            filter_subject=f"{SUBJECT_PREFIX}.usage.>",
+            ack_wait=self._ack_wait,
+            max_ack_pending=self._batch_size * 8,
+            max_deliver=-1,
+        )
+        if self._index.created:
+            try:
+                await self._js.delete_consumer(Stream.USAGE, VAULT_USAGE_CONSUMER)
+            except NotFoundError:
+                pass
+        await self._js.add_consumer(Stream.USAGE, config)
+        sub = await self._js.pull_subscribe_bind(durable=VAULT_USAGE_CONSUMER, stream=Stream.USAGE)
+        self._worker = PullWorker(sub, self.fold, batch_size=self._batch_size, name="usage")
+
+    async def run(self) -> None:
+        assert self._worker is not None, "prepare() first"
+        await self._worker.run()
+
+    async def stop(self) -> None:
+        if self._worker is not None:
+            await self._worker.stop()
+
+    async def fold(self, msgs: list[Msg]) -> None:
+        tallies: dict[str, _Tally] = defaultdict(_Tally)
+        wanted: list[tuple[Msg, commands_pb2.AccessRecord, set[str]]] = []
+        for msg in msgs:
+            record = commands_pb2.AccessRecord()
+            try:
+                record.ParseFromString(msg.data)
+                ids = {records.head_id(*validation.memory_name(n)) for n in record.names}
+            except Exception as err:
+                log.error("dropping malformed usage record seq=%s: %s", msg.metadata.sequence.stream, err)
+                await msg.term()
+                continue
+            wanted.append((msg, record, ids))
+        if not wanted:
+            return
+        pending: set[int] = set()  # positions in wanted of records to retry
+        async with self._index.writing:
+            heads = await self._index.retrieve(sorted(set().union(*(ids for _, _, ids in wanted))))
+            for position, (msg, record, ids) in enumerate(wanted):
+                seq = msg.metadata.sequence.stream
+                for point_id in ids:
+                    head = heads.get(point_id)
+                    if head is None:
+                        pending.add(position)
+                    elif head["role"] == Role.HEAD and seq > records.usage_seq(head):
+                        tally = tallies[point_id]
+                        tally.count += 1
+                        tally.seq = max(tally.seq, seq)
+                        if record.time.ToNanoseconds() > tally.last.ToNanoseconds():
+                            tally.last.CopyFrom(record.time)
+            points = []
+            for point_id, tally in tallies.items():
+                memory = records.memory_of(heads[point_id])
+                memory.usage.access_count += tally.count
+                if tally.last.ToNanoseconds() > memory.usage.last_access_time.ToNanoseconds():
+                    memory.usage.last_access_time.CopyFrom(tally.last)
+                fields = records.payload(memory, Role.HEAD, usage_seq=tally.seq)
+                points.append(IndexPoint(point_id, fields, keep_vectors=True))
+            await self._index.write(points, [])
+        for position, (msg, _, _) in enumerate(wanted):
+            if position in pending:
+                await msg.nak(delay=RETRY_SECONDS)
+            else:
+                await msg.ack()
