@@ -11,7 +11,15 @@ from contextlib import AsyncExitStack
 import nats
 from nats.aio.client import Client as NATS
 from nats.js import JetStreamContext
-from nats.js.api import DiscardPolicy, RetentionPolicy, StorageType, StreamConfig
+from nats.js.api import (
+    AckPolicy,
+    ConsumerConfig,
+    DeliverPolicy,
+    DiscardPolicy,
+    RetentionPolicy,
+    StorageType,
+    StreamConfig,
+)
 from nats.js.errors import NotFoundError
 
 from memos_sdk.wire import SUBJECT_PREFIX, Stream
@@ -165,3 +173,42 @@ class PullWorker:
         self._stopping.set()
         await self._idle.wait()
         await self._sub.unsubscribe()
+
+
+async def durable_worker(
+    js: JetStreamContext,
+    stream: Stream,
+    *,
+    durable: str,
+    filter_subject: str,
+    handle,
+    batch_size: int,
+    name: str,
+    ack_wait_seconds: float = 30.0,
+    deliver_policy: DeliverPolicy = DeliverPolicy.ALL,
+    max_deliver: int | None = None,
+    max_ack_pending: int | None = None,
+    rewind: bool = False,
+) -> PullWorker:
+    """A worker on a durable pull consumer with explicit acks (created, or updated to ``config``).
+
+    ``rewind`` deletes the consumer first, so it delivers the stream from the start again.
+    """
+    config = ConsumerConfig(
+        durable_name=durable,
+        ack_policy=AckPolicy.EXPLICIT,
+        deliver_policy=deliver_policy,
+        filter_subject=filter_subject,
+        ack_wait=ack_wait_seconds,
+        max_deliver=max_deliver,
+        max_ack_pending=max_ack_pending,
+    )
+    if rewind:
+        try:
+            await js.delete_consumer(stream, durable)
+            log.warning("%s: replaying %s from the start", name, stream)
+        except NotFoundError:
+            pass
+    await js.add_consumer(stream, config)
+    sub = await js.pull_subscribe_bind(durable=durable, stream=stream)
+    return PullWorker(sub, handle, batch_size=batch_size, name=name)

@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import contextlib
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any
 
 import grpc
 
@@ -53,3 +54,18 @@ async def forward_errors(peer: str) -> AsyncIterator[None]:
         raise Unavailable(
             f"{peer} failed: {error.code.name}: {error.message}", reason=f"{peer.upper()}_UNAVAILABLE"
         ) from rpc_error
+
+
+async def paged(
+    call: Callable[..., Awaitable[Any]], request: Any, items: str, *, peer: str, call_seconds: float
+) -> AsyncIterator[Any]:
+    """Every item of a paginated List call: ``items`` names the response's repeated field;
+    ``call_seconds`` is the deadline of each page's call."""
+    while True:
+        async with forward_errors(peer):
+            page = await call(request, timeout=call_seconds)
+        for item in getattr(page, items):
+            yield item
+        if not page.next_page_token:
+            return
+        request.page_token = page.next_page_token

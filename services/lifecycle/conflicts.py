@@ -25,14 +25,14 @@ from dataclasses import dataclass
 
 from nats.aio.msg import Msg
 from nats.js import JetStreamContext
-from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
+from nats.js.api import DeliverPolicy
 
 from memos.events.v1 import events_pb2
 from memos.type.v1 import memory_pb2
 from memos.vault.v1 import vault_pb2, vault_pb2_grpc
 from memos_sdk.wire import EventKind, Stream, events_subject
 from services.common import states
-from services.common.bus import PullWorker
+from services.common.bus import PullWorker, durable_worker
 from services.common.clients import forward_errors
 from services.common.errors import MemosError, NotFound
 
@@ -157,17 +157,18 @@ class ConflictResolver:
         self._worker: PullWorker | None = None
 
     async def prepare(self) -> None:
-        config = ConsumerConfig(
-            durable_name=CONSUMER,
-            ack_policy=AckPolicy.EXPLICIT,
-            deliver_policy=DeliverPolicy.NEW,
+        self._worker = await durable_worker(
+            self._js,
+            Stream.EVENTS,
+            durable=CONSUMER,
             filter_subject=events_subject("*", EventKind.MEMORY_CREATED),
-            ack_wait=60.0,
+            handle=self._handle,
+            batch_size=32,
+            name="conflicts",
+            ack_wait_seconds=60.0,
+            deliver_policy=DeliverPolicy.NEW,
             max_deliver=5,
         )
-        await self._js.add_consumer(Stream.EVENTS, config)
-        sub = await self._js.pull_subscribe_bind(durable=CONSUMER, stream=Stream.EVENTS)
-        self._worker = PullWorker(sub, self._handle, batch_size=32, name="conflicts")
 
     async def run(self) -> None:
         assert self._worker is not None, "prepare() first"

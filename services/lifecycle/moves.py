@@ -15,11 +15,10 @@ from nats.js import JetStreamContext
 from memos.type.v1 import memory_pb2
 from memos.vault.v1 import commands_pb2, vault_pb2, vault_pb2_grpc
 from services.common import states
-from services.common.bus import wait_applied
 from services.common.clients import forward_errors
 from services.common.clock import now_timestamp
 from services.common.errors import Aborted, FailedPrecondition
-from services.common.writes import publish_write
+from services.common.writes import write_version
 
 from .settings import LifecycleSettings
 
@@ -85,14 +84,12 @@ class Mover:
         updated.version = current.version + 1
         updated.update_time.CopyFrom(now_timestamp())
         updated.provenance.request_id = request_id
-        put = commands_pb2.PutMemory(memory=updated, keep_vectors=True)
-        seq, _ = await publish_write(
+        await write_version(
             self._js,
-            updated.cube_id,
-            commands_pb2.WriteCommand(put=put),
-            msg_id=f"{updated.name}/v{updated.version}/{request_id}",
+            commands_pb2.PutMemory(memory=updated, keep_vectors=True),
+            request_id=request_id,
+            wait_applied_seconds=self._settings.wait_applied_timeout_seconds,
         )
-        await wait_applied(self._js, seq, timeout_seconds=self._settings.wait_applied_timeout_seconds)
         stored = await self.get(updated.name)
         if stored.version < updated.version or (
             stored.version == updated.version and stored.provenance.request_id != request_id

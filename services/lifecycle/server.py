@@ -15,7 +15,7 @@ from memos.type.v1 import memory_pb2
 from memos.vault.v1 import vault_pb2, vault_pb2_grpc
 from services.common import states, validation
 from services.common.bus import open_jetstream
-from services.common.clients import forward_errors, open_channel
+from services.common.clients import forward_errors, open_channel, paged
 from services.common.errors import Aborted, InvalidArgument, NotFound, Unimplemented
 from services.common.grpc_host import Component, Registration
 
@@ -137,21 +137,17 @@ class LifecycleServicer(lifecycle_pb2_grpc.LifecycleServiceServicer):
             )
 
     async def _version(self, name: str, version: int) -> memory_pb2.Memory:
-        token = ""
-        while True:
-            async with forward_errors("vault"):
-                page = await self._vault.ListVersions(
-                    vault_pb2.ListVersionsRequest(name=name, page_size=100, page_token=token),
-                    timeout=self._settings.vault_timeout_seconds,
-                )
-            for memory in page.versions:
-                if memory.version == version:
-                    return memory
-            token = page.next_page_token
-            if not token:
-                raise NotFound(
-                    f"{name} has no version {version}", reason="VERSION_NOT_FOUND", version=version
-                )
+        versions = paged(
+            self._vault.ListVersions,
+            vault_pb2.ListVersionsRequest(name=name, page_size=100),
+            "versions",
+            peer="vault",
+            call_seconds=self._settings.vault_timeout_seconds,
+        )
+        async for memory in versions:
+            if memory.version == version:
+                return memory
+        raise NotFound(f"{name} has no version {version}", reason="VERSION_NOT_FOUND", version=version)
 
     async def Promote(self, request, context):
         validation.cube_id(request.cube_id)

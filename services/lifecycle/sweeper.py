@@ -16,7 +16,7 @@ from collections import Counter
 from memos.type.v1 import memory_pb2
 from memos.vault.v1 import vault_pb2, vault_pb2_grpc
 from services.common import states
-from services.common.clients import forward_errors
+from services.common.clients import paged
 from services.common.errors import MemosError
 
 from .moves import Mover
@@ -87,16 +87,11 @@ class Sweeper:
             moved[decision.rule] += 1
         return moved
 
-    async def _live(self, cube_id: str):
-        token = ""
-        while True:
-            async with forward_errors("vault"):
-                page = await self._vault.ListMemories(
-                    vault_pb2.ListMemoriesRequest(cube_id=cube_id, page_size=PAGE_SIZE, page_token=token),
-                    timeout=self._settings.vault_timeout_seconds,
-                )
-            for memory in page.memories:
-                yield memory
-            token = page.next_page_token
-            if not token:
-                return
+    def _live(self, cube_id: str):
+        return paged(
+            self._vault.ListMemories,
+            vault_pb2.ListMemoriesRequest(cube_id=cube_id, page_size=PAGE_SIZE),
+            "memories",
+            peer="vault",
+            call_seconds=self._settings.vault_timeout_seconds,
+        )

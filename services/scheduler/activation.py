@@ -18,7 +18,7 @@ import logging
 from collections.abc import Sequence
 
 from nats.js import JetStreamContext
-from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy, KeyValueConfig, StorageType
+from nats.js.api import DeliverPolicy, KeyValueConfig, StorageType
 from nats.js.errors import BucketNotFoundError, KeyNotFoundError
 from nats.js.kv import KeyValue
 
@@ -27,7 +27,7 @@ from memos.type.v1 import activation_pb2, memory_pb2
 from memos.vault.v1 import vault_pb2, vault_pb2_grpc
 from memos_sdk.tokens import count_tokens
 from memos_sdk.wire import Bucket, EventKind, Stream, events_subject
-from services.common.bus import PullWorker
+from services.common.bus import PullWorker, durable_worker
 from services.common.clients import forward_errors
 from services.common.clock import now_timestamp
 from services.common.events import publish_event
@@ -245,21 +245,19 @@ class Activations:
 
     async def watch_changes(self) -> PullWorker:
         """A worker that schedules a rebuild of a cube's activation after each change of its memories."""
-        await self._js.add_consumer(
-            Stream.EVENTS,
-            ConsumerConfig(
-                durable_name=WATCH_CONSUMER,
-                ack_policy=AckPolicy.EXPLICIT,
-                deliver_policy=DeliverPolicy.NEW,
-                filter_subject=events_subject("*", "memory.>"),
-                ack_wait=30,
-            ),
-        )
-        sub = await self._js.pull_subscribe_bind(durable=WATCH_CONSUMER, stream=Stream.EVENTS)
 
         async def handle(msgs) -> None:
             for msg in msgs:
                 self.schedule(msg.subject.split(".")[3])
                 await msg.ack()
 
-        return PullWorker(sub, handle, batch_size=64, name="memory changes")
+        return await durable_worker(
+            self._js,
+            Stream.EVENTS,
+            durable=WATCH_CONSUMER,
+            filter_subject=events_subject("*", "memory.>"),
+            handle=handle,
+            batch_size=64,
+            name="memory changes",
+            deliver_policy=DeliverPolicy.NEW,
+        )

@@ -19,8 +19,6 @@ from typing import Any
 
 from nats.aio.msg import Msg
 from nats.js import JetStreamContext
-from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
-from nats.js.errors import NotFoundError
 from opentelemetry import trace
 
 from memos.events.v1 import events_pb2
@@ -28,7 +26,7 @@ from memos.type.v1 import memory_pb2
 from memos.vault.v1 import commands_pb2
 from memos_sdk.wire import SUBJECT_PREFIX, EventKind, Stream
 from services.common import states, validation
-from services.common.bus import VAULT_CONSUMER, PullWorker
+from services.common.bus import VAULT_CONSUMER, PullWorker, durable_worker
 from services.common.errors import InvalidArgument
 from services.common.events import publish_event
 from services.common.telemetry import extract_context
@@ -73,24 +71,19 @@ class Applier:
 
     async def prepare(self) -> None:
         """Create the durable consumer; with a new, empty index, rewind it to replay the whole log."""
-        config = ConsumerConfig(
-            durable_name=VAULT_CONSUMER,
-            ack_policy=AckPolicy.EXPLICIT,
-            deliver_policy=DeliverPolicy.ALL,
+        self._worker = await durable_worker(
+            self._js,
+            Stream.WRITES,
+            durable=VAULT_CONSUMER,
             filter_subject=f"{SUBJECT_PREFIX}.writes.>",
-            ack_wait=self._ack_wait,
-            max_ack_pending=self._batch_size * 8,
+            handle=self.apply,
+            batch_size=self._batch_size,
+            name="write log",
+            ack_wait_seconds=self._ack_wait,
             max_deliver=-1,
+            max_ack_pending=self._batch_size * 8,
+            rewind=self._index.created,
         )
-        if self._index.created:
-            try:
-                await self._js.delete_consumer(Stream.WRITES, VAULT_CONSUMER)
-                log.warning("index is new: replaying the write log from the start")
-            except NotFoundError:
-                pass
-        await self._js.add_consumer(Stream.WRITES, config)
-        sub = await self._js.pull_subscribe_bind(durable=VAULT_CONSUMER, stream=Stream.WRITES)
-        self._worker = PullWorker(sub, self.apply, batch_size=self._batch_size, name="write log")
 
     async def run(self) -> None:
         assert self._worker is not None, "prepare() first"

@@ -16,7 +16,7 @@ from services.common.embedder import Embedder, open_embedder
 from services.common.errors import Aborted, InvalidArgument, NotFound
 from services.common.grpc_host import Component, Registration
 from services.common.pagination import PageTokens
-from services.common.writes import publish_write
+from services.common.writes import publish_write, write_version
 
 from . import records
 from .applier import Applier
@@ -164,11 +164,12 @@ class VaultServicer(vault_pb2_grpc.VaultServiceServicer):
             embedding = vectors.get(DENSE, [])
             context = vectors.get(CONTEXT_DENSE, []) if updated.index_context else []
         put = commands_pb2.PutMemory(memory=updated, embedding=embedding, context_embedding=context)
-        command = commands_pb2.WriteCommand(put=put)
-        seq, _ = await publish_write(
-            self._js, updated.cube_id, command, msg_id=f"{updated.name}/v{updated.version}/{request_id}"
+        await write_version(
+            self._js,
+            put,
+            request_id=request_id,
+            wait_applied_seconds=self._settings.wait_applied_timeout_seconds,
         )
-        await wait_applied(self._js, seq, timeout_seconds=self._settings.wait_applied_timeout_seconds)
         stored = await self._head(updated.name)
         if stored.version != updated.version or stored.provenance.request_id != request_id:
             raise Aborted(f"a concurrent update of {updated.name} won; re-read and retry", reason="CONFLICT")

@@ -14,13 +14,11 @@ from dataclasses import dataclass, field
 from google.protobuf.timestamp_pb2 import Timestamp
 from nats.aio.msg import Msg
 from nats.js import JetStreamContext
-from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
-from nats.js.errors import NotFoundError
 
 from memos.vault.v1 import commands_pb2
 from memos_sdk.wire import SUBJECT_PREFIX, Stream
 from services.common import validation
-from services.common.bus import VAULT_USAGE_CONSUMER, PullWorker
+from services.common.bus import VAULT_USAGE_CONSUMER, PullWorker, durable_worker
 
 from . import records
 from .index import EdgeIndex, IndexPoint
@@ -47,23 +45,20 @@ class UsageFolder:
         self._worker: PullWorker | None = None
 
     async def prepare(self) -> None:
-        config = ConsumerConfig(
-            durable_name=VAULT_USAGE_CONSUMER,
-            ack_policy=AckPolicy.EXPLICIT,
-            deliver_policy=DeliverPolicy.ALL,
+        """Create the durable consumer; with a new, empty index, rewind it to fold usage again."""
+        self._worker = await durable_worker(
+            self._js,
+            Stream.USAGE,
+            durable=VAULT_USAGE_CONSUMER,
             filter_subject=f"{SUBJECT_PREFIX}.usage.>",
-            ack_wait=self._ack_wait,
-            max_ack_pending=self._batch_size * 8,
+            handle=self.fold,
+            batch_size=self._batch_size,
+            name="usage",
+            ack_wait_seconds=self._ack_wait,
             max_deliver=-1,
+            max_ack_pending=self._batch_size * 8,
+            rewind=self._index.created,
         )
-        if self._index.created:
-            try:
-                await self._js.delete_consumer(Stream.USAGE, VAULT_USAGE_CONSUMER)
-            except NotFoundError:
-                pass
-        await self._js.add_consumer(Stream.USAGE, config)
-        sub = await self._js.pull_subscribe_bind(durable=VAULT_USAGE_CONSUMER, stream=Stream.USAGE)
-        self._worker = PullWorker(sub, self.fold, batch_size=self._batch_size, name="usage")
 
     async def run(self) -> None:
         assert self._worker is not None, "prepare() first"
