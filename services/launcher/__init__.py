@@ -1,4 +1,4 @@
-"""The local launcher: nats-server plus the seven services on loopback, with embedded defaults."""
+"""The local launcher: nats-server plus the eight services on loopback, with embedded defaults."""
 
 from memos_sdk.endpoints import SERVICES, LocalPorts
 

@@ -21,9 +21,10 @@ ROLE = {
     "vault": "memory items, versions, hybrid index",
     "reader": "conversations/documents -> memory items",
     "scheduler": "search, chat with activation memory (KV), preload",
-    "lifecycle": "states, TTL, promotion (later issue)",
+    "lifecycle": "states, TTL/decay, conflicts, rollback, Promote",
     "governance": "access, audit, erasure (later issue)",
     "store": "export/import/sharing (later issue)",
+    "trainer": "distillation jobs: LoRA adapters (parametric memory)",
 }
 
 
@@ -80,7 +81,7 @@ def run(args: argparse.Namespace) -> int:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="memos-mesh", description="Run the MemOS mesh on this machine.")
     sub = parser.add_subparsers(dest="command", required=True)
-    p_run = sub.add_parser("run", help="start nats-server and all seven services; Ctrl-C stops them")
+    p_run = sub.add_parser("run", help="start nats-server and all eight services; Ctrl-C stops them")
     p_run.add_argument(
         "--run-dir", default=".run", help="where the mesh keeps its state and logs (default .run)"
     )

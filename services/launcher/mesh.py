@@ -1,4 +1,4 @@
-"""Start, watch and stop a whole mesh on one machine: nats-server (JetStream on disk) and seven services.
+"""Start, watch and stop a whole mesh on one machine: nats-server (JetStream on disk) and eight services.
 
 Used by ``make run``, the benchmarks (which start a mesh when none runs) and the integration tests
 (which also kill and restart single services).
@@ -101,8 +101,10 @@ class Mesh:
         }
         if service == "vault":
             env["DATA_DIR"] = str(self.run_dir / "vault")
-        if service in ("scheduler", "lifecycle"):
+        if service in ("scheduler", "lifecycle", "trainer"):
             env["VAULT_ADDR"] = p.addr("vault")
+        if service == "trainer":
+            env |= {"LIFECYCLE_ADDR": p.addr("lifecycle"), "BLOB_STORE_URL": str(self.run_dir / "blobs")}
         if service == "inference":
             env |= {
                 "TRITON_ADDRESS": p.host,

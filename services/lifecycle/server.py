@@ -16,10 +16,12 @@ from memos.vault.v1 import vault_pb2, vault_pb2_grpc
 from services.common import states, validation
 from services.common.bus import open_jetstream
 from services.common.clients import forward_errors, open_channel, paged
-from services.common.errors import Aborted, InvalidArgument, NotFound, Unimplemented
+from services.common.errors import Aborted, InvalidArgument, NotFound
 from services.common.grpc_host import Component, Registration
+from services.common.operations import Operations
 
 from .conflicts import ConflictResolver
+from .distill import Distiller, StaleAdapters, check_target
 from .moves import Mover
 from .policies import Policies, cube_of
 from .settings import LifecycleSettings
@@ -40,11 +42,13 @@ class LifecycleServicer(lifecycle_pb2_grpc.LifecycleServiceServicer):
         policies: Policies,
         vault: vault_pb2_grpc.VaultServiceStub,
         mover: Mover,
+        distiller: Distiller,
     ) -> None:
         self._settings = settings
         self._policies = policies
         self._vault = vault
         self._mover = mover
+        self._distiller = distiller
 
     async def GetPolicy(self, request, context):
         return await self._policies.get(cube_of(request.name))
@@ -150,12 +154,18 @@ class LifecycleServicer(lifecycle_pb2_grpc.LifecycleServiceServicer):
         raise NotFound(f"{name} has no version {version}", reason="VERSION_NOT_FOUND", version=version)
 
     async def Promote(self, request, context):
-        validation.cube_id(request.cube_id)
-        raise Unimplemented(
-            "Promote arrives with parametric memory (issue 6); activation promotion runs by policy "
-            "(promote_access_count)",
-            method="Promote",
+        cube_id = validation.cube_id(request.cube_id)
+        check_target(request.target_kind)
+        operation = await self._distiller.promote(
+            cube_id,
+            list(request.names),
+            request_id=validation.request_id(request.request_id),
+            reason="promote",
         )
+        return lifecycle_pb2.PromoteResponse(operation=operation.name, source_count=operation.source_count)
+
+    async def GetOperation(self, request, context):
+        return await self._distiller.operations.get(request.name)
 
 
 async def setup(stack: AsyncExitStack, settings: LifecycleSettings) -> Component:
@@ -167,14 +177,17 @@ async def setup(stack: AsyncExitStack, settings: LifecycleSettings) -> Component
     sweeper = Sweeper(settings, policies, vault, mover)
     conflicts = ConflictResolver(settings, js, policies, vault, mover)
     await conflicts.prepare()
+    distiller = Distiller(settings, js, vault, await Operations.open(js))
+    stale = StaleAdapters(js, distiller, mover)
+    await stale.prepare()
 
     async def stop() -> None:
-        await asyncio.gather(sweeper.stop(), conflicts.stop())
+        await asyncio.gather(sweeper.stop(), conflicts.stop(), stale.stop())
 
-    servicer = LifecycleServicer(settings, policies, vault, mover)
+    servicer = LifecycleServicer(settings, policies, vault, mover, distiller)
     add = lifecycle_pb2_grpc.add_LifecycleServiceServicer_to_server
     return Component(
         registrations=[Registration.of(lifecycle_pb2.DESCRIPTOR, "LifecycleService", add, servicer)],
-        background=[sweeper.run, conflicts.run],
+        background=[sweeper.run, conflicts.run, stale.run],
         on_stop=stop,
     )

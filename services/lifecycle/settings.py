@@ -30,3 +30,6 @@ class LifecycleSettings(ServiceSettings):
     conflict_candidates: int = Field(
         5, gt=0, le=50, description="nearest live memories checked for a conflict"
     )
+    distill_max_memories: int = Field(
+        500, gt=0, le=500, description="memories a Promote without names distils (the first, by name)"
+    )

@@ -32,8 +32,8 @@ from services.common.clients import forward_errors
 from services.common.clock import now_timestamp
 from services.common.events import publish_event
 from services.common.generation import Generator
+from services.common.prompt import prefix_order, render_prefix
 
-from .prompt import prefix_order, render_prefix
 from .retrieval import Retriever
 from .settings import SchedulerSettings
 

@@ -15,17 +15,20 @@ from dataclasses import dataclass
 
 from memos.scheduler.v1 import scheduler_pb2
 from memos.type.v1 import activation_pb2, memory_pb2
+from memos.vault.v1 import vault_pb2, vault_pb2_grpc
 from services.common import validation
-from services.common.errors import InvalidArgument
+from services.common.clients import forward_errors
+from services.common.errors import FailedPrecondition, InvalidArgument
 from services.common.generation import GenerateRequest, GenerateResult, Generator
+from services.common.prompt import render_prefix, render_rest
 
 from .activation import Activations
-from .prompt import render_prefix, render_rest
 from .retrieval import Retriever
 from .settings import SchedulerSettings
 
 Outcome = scheduler_pb2.ActivationOutcome
 ROLES = ("user", "assistant", "system")
+PARAMETRIC = vault_pb2.MemoryFilter(kinds=[memory_pb2.MEMORY_KIND_PARAMETRIC])
 MAX_MESSAGES = 64
 MAX_MESSAGE_CHARS = 8192
 
@@ -89,8 +92,10 @@ class Chat:
         retriever: Retriever,
         activations: Activations,
         generator: Generator,
+        vault: vault_pb2_grpc.VaultServiceStub,
     ) -> None:
         self._settings = settings
+        self._vault = vault
         self._retriever = retriever
         self._activations = activations
         self._generator = generator
@@ -117,13 +122,31 @@ class Chat:
             self._activations.schedule(cube_id)
         return memories, None, Outcome.ACTIVATION_OUTCOME_STALE_FALLBACK
 
+    async def _adapter(self, cube_id: str) -> memory_pb2.Memory | None:
+        """The cube's current adapter (parametric memory): its newest live one."""
+        async with forward_errors("vault"):
+            page = await self._vault.ListMemories(
+                vault_pb2.ListMemoriesRequest(cube_id=cube_id, page_size=20, filter=PARAMETRIC),
+                timeout=self._settings.vault_timeout_seconds,
+            )
+        ready = [m for m in page.memories if m.adapter.blob_key]
+        return max(ready, key=lambda m: (m.create_time.seconds, m.create_time.nanos), default=None)
+
     async def run(self, request: scheduler_pb2.ChatRequest) -> AsyncIterator[scheduler_pb2.ChatResponse]:
         turn = check(request, self._settings)
         query = turn.messages[-1].content
-        retrieved = await self._retriever.search(
-            turn.cube_id, query, top_k=turn.top_k, token_budget=turn.memory_budget
-        )
-        prefix_memories, record, outcome = await self._prefix(turn.cube_id, request.activation_mode)
+        adapter = await self._adapter(turn.cube_id)
+        if request.adapter_only:
+            if adapter is None:
+                raise FailedPrecondition(
+                    f"cube {turn.cube_id} has no adapter; promote it first", reason="NO_ADAPTER"
+                )
+            retrieved, (prefix_memories, record, outcome) = [], ([], None, Outcome.ACTIVATION_OUTCOME_OFF)
+        else:
+            retrieved = await self._retriever.search(
+                turn.cube_id, query, top_k=turn.top_k, token_budget=turn.memory_budget
+            )
+            prefix_memories, record, outcome = await self._prefix(turn.cube_id, request.activation_mode)
         in_prefix = {m.name for m in prefix_memories}
         scores = {m.name: a.score for a in retrieved for m in a.span}
         as_text = [m for a in retrieved for m in a.span if m.name not in in_prefix]
@@ -134,6 +157,8 @@ class Chat:
         )
         report.memories.extend(_use(m, kv_placement, scores.get(m.name, 0.0)) for m in prefix_memories)
         report.memories.extend(_use(m, scheduler_pb2.PLACEMENT_TEXT, scores[m.name]) for m in as_text)
+        if adapter is not None:
+            report.memories.append(_use(adapter, scheduler_pb2.PLACEMENT_ADAPTER))
 
         result = GenerateResult()
         generate = GenerateRequest(
@@ -141,6 +166,7 @@ class Chat:
             prefix=render_prefix(prefix_memories),
             cube_id=turn.cube_id,
             kv_ref=record.kv_ref if record is not None else "",
+            adapter_ref=adapter.adapter.blob_key if adapter is not None else "",
             max_new_tokens=turn.max_new_tokens,
             temperature=request.temperature,
             top_p=request.top_p or 1.0,
@@ -162,6 +188,6 @@ class Chat:
         report.finish_reason = result.finish_reason
         yield scheduler_pb2.ChatResponse(report=report)
 
-        if self._settings.auto_preload:
+        if self._settings.auto_preload and not request.adapter_only:
             # Next-scene prediction: what this exchange is about is what the next turn will need.
             self._activations.schedule(turn.cube_id, hint=f"{query}\n{result.text}")

@@ -95,7 +95,7 @@ async def setup(stack: AsyncExitStack, settings: SchedulerSettings) -> Component
     servicer = SchedulerServicer(
         retriever,
         activations,
-        Chat(settings, retriever=retriever, activations=activations, generator=generator),
+        Chat(settings, retriever=retriever, activations=activations, generator=generator, vault=vault),
     )
     add = scheduler_pb2_grpc.add_SchedulerServiceServicer_to_server
     background, on_stop = [], None

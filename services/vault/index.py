@@ -42,6 +42,7 @@ from qdrant_edge import (
 from memos.type.v1 import memory_pb2
 from memos.vault.v1 import vault_pb2
 from services.common import states
+from services.common.errors import InvalidArgument
 
 from .records import Role
 
@@ -53,8 +54,8 @@ CONTEXT_DENSE = "context_dense"
 CONTEXT_SPARSE = "context_bm25"
 # The shard's directory under the data dir; a new layout gets a new name, and the vault
 # rebuilds it by replaying the write log.
-INDEX_DIR = "index-v3"
-KEYWORD_FIELDS = ("cube", "memory_id", "role", "type", "state", "speaker", "session_id", "tags")
+INDEX_DIR = "index-v4"
+KEYWORD_FIELDS = ("cube", "memory_id", "role", "kind", "type", "state", "speaker", "session_id", "tags")
 
 
 @dataclass(frozen=True, slots=True)
@@ -73,7 +74,8 @@ def memory_filter(
 ) -> Filter:
     """The tenant boundary is here: every condition set starts with the cube.
 
-    Heads are filtered to the states ``spec`` names, or to the live states when it names none.
+    Heads are filtered to the states ``spec`` names, or to the live states when it names none,
+    and to the kinds it names, or to plaintext.
     """
     must: list[Any] = [
         FieldCondition(key="cube", match=MatchValue(cube_id)),
@@ -84,6 +86,14 @@ def memory_filter(
         wanted = spec.states if spec is not None and spec.states else sorted(states.LIVE)
         names = [memory_pb2.MemoryState.Name(s) for s in wanted]
         must.append(FieldCondition(key="state", match=MatchAny(names)))
+        kinds = spec.kinds if spec is not None and spec.kinds else [memory_pb2.MEMORY_KIND_PLAINTEXT]
+        if any(k not in memory_pb2.MemoryKind.values() or k == 0 for k in kinds):
+            raise InvalidArgument(
+                "filter.kinds names an unknown kind", reason="INVALID_KIND", field="filter.kinds"
+            )
+        must.append(
+            FieldCondition(key="kind", match=MatchAny([memory_pb2.MemoryKind.Name(k) for k in kinds]))
+        )
     if spec is not None:
         if spec.types:
             names = [memory_pb2.MemoryType.Name(t) for t in spec.types]

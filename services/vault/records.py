@@ -47,6 +47,7 @@ def payload(memory: memory_pb2.Memory, role: Role, *, usage_seq: int = 0) -> dic
         "memory_id": memory.memory_id,
         "role": role.value,
         "version": memory.version,
+        "kind": memory_pb2.MemoryKind.Name(memory.kind or memory_pb2.MEMORY_KIND_PLAINTEXT),
         "type": memory_pb2.MemoryType.Name(memory.type),
         "state": memory_pb2.MemoryState.Name(memory.state),
         "speaker": memory.speaker,

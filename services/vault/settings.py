@@ -13,7 +13,7 @@ class VaultSettings(ServiceSettings, EmbedderSettings):
 
     model_config = SettingsConfigDict(env_prefix="MEMOS_VAULT_", extra="ignore", frozen=True)
 
-    data_dir: Path = Field(Path(".run/vault"), description="Qdrant Edge shard lives in <data_dir>/index-v3")
+    data_dir: Path = Field(Path(".run/vault"), description="Qdrant Edge shard lives in <data_dir>/index-v4")
     apply_batch_size: int = Field(256, gt=0, description="write commands applied together")
     apply_ack_wait_seconds: float = Field(30.0, gt=0, description="redelivery delay of an unacked command")
     wait_applied_timeout_seconds: float = Field(30.0, gt=0)

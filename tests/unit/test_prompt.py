@@ -4,8 +4,8 @@ from google.protobuf.timestamp_pb2 import Timestamp
 
 from memos.scheduler.v1 import scheduler_pb2
 from memos.type.v1 import memory_pb2
+from services.common.prompt import neutralize, prefix_order, render_prefix, render_rest
 from services.scheduler.activation import select
-from services.scheduler.prompt import neutralize, prefix_order, render_prefix, render_rest
 
 
 def memory(i: int, text: str, *, day: int = 1, used: int = 0, updated: int = 0) -> memory_pb2.Memory:

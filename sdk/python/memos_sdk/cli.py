@@ -12,6 +12,7 @@ from pathlib import Path
 
 from google.protobuf import json_format
 
+from memos.lifecycle.v1 import lifecycle_pb2
 from memos.scheduler.v1 import scheduler_pb2
 from memos.type.v1 import memory_pb2
 
@@ -25,6 +26,11 @@ def _json(message) -> str:
     return json.dumps(json_format.MessageToDict(message, preserving_proto_field_name=True), indent=2)
 
 
+KINDS = {
+    name.removeprefix("MEMORY_KIND_").lower(): value
+    for name, value in memory_pb2.MemoryKind.items()
+    if value != memory_pb2.MEMORY_KIND_UNSPECIFIED
+}
 STATES = {
     name.removeprefix("MEMORY_STATE_").lower(): value
     for name, value in memory_pb2.MemoryState.items()
@@ -44,6 +50,14 @@ def _line(memory) -> str:
         why = f"{change.rule}" + (f" {change.score:.3g}" if change.score else "")
         related = f" -> {change.related_name}" if change.related_name else ""
         line += f"\n    ({_state(change.from_state)} -> {_state(change.to_state)} by {why}{related}: {change.reason})"
+    if memory.HasField("adapter"):
+        a = memory.adapter
+        line += (
+            f"\n    (adapter {a.blob_key}, {a.size_bytes} bytes, {len(memory.lineage.parent_names)} sources, "
+            f"held-out recall {a.heldout_recall:.2f}, perplexity {a.ppl_before:.2f} -> {a.ppl_after:.2f} at scale {a.scale:.2f}"
+            + (", stale" if a.stale else "")
+            + ")"
+        )
     return line
 
 
@@ -104,7 +118,8 @@ async def cmd_get(client: MemosClient, args: argparse.Namespace) -> int:
 async def cmd_list(client: MemosClient, args: argparse.Namespace) -> int:
     shown = 0
     states = [STATES[s] for s in args.state]
-    async for memory in client.iter_memories(args.cube, speaker=args.speaker, states=states):
+    kinds = [KINDS[k] for k in args.kind]
+    async for memory in client.iter_memories(args.cube, speaker=args.speaker, states=states, kinds=kinds):
         print(json.dumps(json_format.MessageToDict(memory)) if args.json else _line(memory))
         shown += 1
         if args.limit and shown >= args.limit:
@@ -158,6 +173,7 @@ async def cmd_chat(client: MemosClient, args: argparse.Namespace) -> int:
             max_new_tokens=args.max_new_tokens,
             temperature=args.temperature,
             activation_mode=mode,
+            adapter_only=args.adapter_only,
         ):
             if response.text_delta:
                 reply.append(response.text_delta)
@@ -170,6 +186,35 @@ async def cmd_chat(client: MemosClient, args: argparse.Namespace) -> int:
         history = history[-args.history :]
         if one_shot:
             return 0
+
+
+async def cmd_promote(client: MemosClient, args: argparse.Namespace) -> int:
+    from tqdm import tqdm
+
+    reply = await client.promote(args.cube, names=args.name)
+    print(f"{reply.operation}: distilling {reply.source_count} memories of {args.cube} into an adapter")
+    if args.no_wait:
+        return 0
+    with tqdm(
+        total=100, unit="%", desc="queued", disable=args.quiet, bar_format="{desc} {bar} {n:.0f}%"
+    ) as bar:
+
+        def show(operation) -> None:
+            bar.set_description_str(operation.message[:60] or "queued")
+            bar.n = round(operation.progress * 100)
+            bar.refresh()
+
+        operation = await client.wait_operation(reply.operation, on_update=show)
+    if operation.state != lifecycle_pb2.OPERATION_STATE_SUCCEEDED:
+        print(f"error: {operation.message}", file=sys.stderr)
+        return 1
+    print(operation.message)
+    return 0
+
+
+async def cmd_operation(client: MemosClient, args: argparse.Namespace) -> int:
+    print(_json(await client.get_operation(args.name)))
+    return 0
 
 
 async def cmd_preload(client: MemosClient, args: argparse.Namespace) -> int:
@@ -316,6 +361,13 @@ def build_parser() -> argparse.ArgumentParser:
         choices=sorted(STATES),
         help="only memories in this state (repeatable; default: the live ones, generated and activated)",
     )
+    p.add_argument(
+        "--kind",
+        action="append",
+        default=[],
+        choices=sorted(KINDS),
+        help="only memories of this kind (repeatable; default: plaintext; parametric lists adapters)",
+    )
     p.add_argument("--limit", type=int, default=0, help="stop after this many (default: all)")
     p.add_argument("--json", action="store_true", help="one JSON object a line")
     p.set_defaults(run=cmd_list)
@@ -382,8 +434,27 @@ def build_parser() -> argparse.ArgumentParser:
         help="use the cube's KV cache: when fresh (auto), never (off), or rebuild it when stale",
     )
     p.add_argument("--history", type=int, default=8, help="messages of the conversation kept (default 8)")
+    p.add_argument(
+        "--adapter-only",
+        action="store_true",
+        help="answer from the cube's adapter (parametric memory) alone: no memories as text or KV",
+    )
     p.add_argument("--quiet", action="store_true", help="do not print which memories were used")
     p.set_defaults(run=cmd_chat)
+
+    p = sub.add_parser("promote", help="distil a cube's memories into a LoRA adapter (parametric memory)")
+    p.add_argument("--cube", required=True)
+    p.add_argument("--to", choices=("parametric",), default="parametric", help="the kind to promote to")
+    p.add_argument(
+        "--name", action="append", default=[], help="only this memory (repeatable; default: all live)"
+    )
+    p.add_argument("--no-wait", action="store_true", help="print the operation and return")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.set_defaults(run=cmd_promote)
+
+    p = sub.add_parser("operation", help="show a long-running operation (a distillation)")
+    p.add_argument("name", help="operations/{id}")
+    p.set_defaults(run=cmd_operation)
 
     p = sub.add_parser("preload", help="build the cube's activation memory (KV cache) now")
     p.add_argument("--cube", required=True)

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import datetime as dt
-from collections.abc import AsyncIterator, Iterable, Mapping
+import uuid
+from collections.abc import AsyncIterator, Callable, Iterable, Mapping
 from typing import Any
 
 import grpc
@@ -200,24 +202,31 @@ class MemosClient:
         page_token: str = "",
         speaker: str = "",
         states: Iterable[int] = (),
+        kinds: Iterable[int] = (),
     ) -> vault_pb2.ListMemoriesResponse:
-        """One page of the cube's memories: the live ones, or those in ``states``."""
+        """One page of the cube's memories: the live plaintext ones, or those in ``states`` and ``kinds``."""
         request = vault_pb2.ListMemoriesRequest(
             cube_id=cube_id,
             page_size=page_size,
             page_token=page_token,
-            filter=vault_pb2.MemoryFilter(speaker=speaker, states=list(states)),
+            filter=vault_pb2.MemoryFilter(speaker=speaker, states=list(states), kinds=list(kinds)),
         )
         async with _api_errors():
             return await self.vault.ListMemories(request, timeout=self.timeout)
 
     async def iter_memories(
-        self, cube_id: str, *, page_size: int = 500, speaker: str = "", states: Iterable[int] = ()
+        self,
+        cube_id: str,
+        *,
+        page_size: int = 500,
+        speaker: str = "",
+        states: Iterable[int] = (),
+        kinds: Iterable[int] = (),
     ) -> AsyncIterator[memory_pb2.Memory]:
-        token, states = "", list(states)
+        token, states, kinds = "", list(states), list(kinds)
         while True:
             page = await self.list_page(
-                cube_id, page_size=page_size, page_token=token, speaker=speaker, states=states
+                cube_id, page_size=page_size, page_token=token, speaker=speaker, states=states, kinds=kinds
             )
             for memory in page.memories:
                 yield memory
@@ -265,6 +274,42 @@ class MemosClient:
         request = lifecycle_pb2.RollbackRequest(name=name, version=version, request_id=request_id)
         async with _api_errors():
             return await self.lifecycle.Rollback(request, timeout=self.timeout)
+
+    async def promote(
+        self, cube_id: str, *, names: Iterable[str] = (), request_id: str = ""
+    ) -> lifecycle_pb2.PromoteResponse:
+        """Queue the distillation of the cube's live memories (or ``names``) into a LoRA adapter."""
+        request = lifecycle_pb2.PromoteRequest(
+            cube_id=cube_id,
+            target_kind=memory_pb2.MEMORY_KIND_PARAMETRIC,
+            names=list(names),
+            request_id=request_id or uuid.uuid4().hex,
+        )
+        async with _api_errors():
+            return await self.lifecycle.Promote(request, timeout=self.timeout)
+
+    async def get_operation(self, name: str) -> lifecycle_pb2.Operation:
+        async with _api_errors():
+            return await self.lifecycle.GetOperation(
+                lifecycle_pb2.GetOperationRequest(name=name), timeout=self.timeout
+            )
+
+    async def wait_operation(
+        self,
+        name: str,
+        *,
+        poll_seconds: float = 1.0,
+        on_update: Callable[[lifecycle_pb2.Operation], None] | None = None,
+    ) -> lifecycle_pb2.Operation:
+        """Poll until the operation succeeds or fails; ``on_update`` sees every state."""
+        done = (lifecycle_pb2.OPERATION_STATE_SUCCEEDED, lifecycle_pb2.OPERATION_STATE_FAILED)
+        while True:
+            operation = await self.get_operation(name)
+            if on_update is not None:
+                on_update(operation)
+            if operation.state in done:
+                return operation
+            await asyncio.sleep(poll_seconds)
 
     async def get_policy(self, cube_id: str) -> lifecycle_pb2.Policy:
         async with _api_errors():

@@ -6,7 +6,7 @@ import os
 from dataclasses import dataclass
 
 # Start order of a local mesh; stopped in reverse.
-SERVICES = ("inference", "vault", "reader", "scheduler", "lifecycle", "governance", "store")
+SERVICES = ("inference", "vault", "reader", "scheduler", "lifecycle", "governance", "store", "trainer")
 DEFAULT_PORT_BASE = 50050
 
 

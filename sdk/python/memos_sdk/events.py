@@ -15,6 +15,7 @@ PAYLOAD_TYPES: dict[str, type[Message]] = {
     EventKind.MEMORY_UPDATED.ce_type: events_pb2.MemoryUpdated,
     EventKind.MEMORY_DELETED.ce_type: events_pb2.MemoryDeleted,
     EventKind.KV_BUILT.ce_type: events_pb2.KvBuilt,
+    EventKind.ADAPTER_TRAINED.ce_type: events_pb2.AdapterTrained,
 }
 
 

@@ -26,6 +26,7 @@ class Stream(StrEnum):
     WRITES = "MEMOS_WRITES"  # the write log: system of record for memory items
     EVENTS = "MEMOS_EVENTS"  # memory-change events for subscribers
     USAGE = "MEMOS_USAGE"  # which memories searches returned (usage counts), kept a while
+    JOBS = "MEMOS_JOBS"  # work queue of long-running jobs (distillation), each taken once
 
 
 class Bucket(StrEnum):
@@ -33,6 +34,7 @@ class Bucket(StrEnum):
 
     ACTIVATION = "MEMOS_ACTIVATION"  # cube id -> memos.type.v1.Activation (its current KV cache)
     POLICIES = "MEMOS_POLICIES"  # cube id -> memos.lifecycle.v1.Policy
+    OPERATIONS = "MEMOS_OPERATIONS"  # operation id -> memos.lifecycle.v1.Operation
 
 
 class EventKind(StrEnum):
@@ -49,6 +51,7 @@ class EventKind(StrEnum):
     MEMORY_MERGED = "memory.merged"
     MEMORY_SUPERSEDED = "memory.superseded"
     KV_BUILT = "kv.built"
+    ADAPTER_TRAINED = "adapter.trained"
 
     @property
     def ce_type(self) -> str:
@@ -78,6 +81,10 @@ def writes_subject(cube_id: str) -> str:
 
 def usage_subject(cube_id: str) -> str:
     return f"{SUBJECT_PREFIX}.usage.{cube_id}"
+
+
+def jobs_subject(kind: str, cube_id: str) -> str:
+    return f"{SUBJECT_PREFIX}.jobs.{kind}.{cube_id}"
 
 
 def events_subject(cube_id: str, kind: EventKind | str = ">") -> str:

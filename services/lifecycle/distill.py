@@ -1,0 +1,232 @@
+"""Promotion to parametric memory: queueing distillation jobs, and withdrawing stale adapters.
+
+``promote`` records an operation and puts a ``DistillJob`` on the MEMOS_JOBS work queue; the
+trainer takes it from there. ``StaleAdapters`` watches memory events: when a memory an adapter
+learned from is deleted, superseded, merged or expired, the adapter is archived at once (so chat
+stops using it), marked stale, and a rebuild from its remaining live sources is queued.
+"""
+
+from __future__ import annotations
+
+import logging
+
+from nats.aio.msg import Msg
+from nats.js import JetStreamContext
+from nats.js.api import DeliverPolicy
+
+from memos.lifecycle.v1 import lifecycle_pb2
+from memos.type.v1 import memory_pb2
+from memos.vault.v1 import commands_pb2, vault_pb2, vault_pb2_grpc
+from memos_sdk.wire import EventKind, Stream, events_subject, jobs_subject
+from services.common import states, validation
+from services.common.bus import PullWorker, durable_worker, publish
+from services.common.clients import forward_errors, paged
+from services.common.errors import FailedPrecondition, InvalidArgument, MemosError, NotFound
+from services.common.operations import PREFIX, Operations, operation_id
+from services.common.telemetry import inject_headers
+
+from .moves import Mover
+from .settings import LifecycleSettings
+
+log = logging.getLogger(__name__)
+
+CONSUMER = "lifecycle-stale-adapters"
+MAX_NAMES = 500
+PARAMETRIC = vault_pb2.MemoryFilter(kinds=[memory_pb2.MEMORY_KIND_PARAMETRIC])
+# Events after which an adapter holds something it should no longer say.
+WITHDRAWING = {
+    EventKind.MEMORY_DELETED.ce_type,
+    EventKind.MEMORY_SUPERSEDED.ce_type,
+    EventKind.MEMORY_MERGED.ce_type,
+    EventKind.MEMORY_EXPIRED.ce_type,
+}
+
+
+class Distiller:
+    def __init__(
+        self,
+        settings: LifecycleSettings,
+        js: JetStreamContext,
+        vault: vault_pb2_grpc.VaultServiceStub,
+        operations: Operations,
+    ) -> None:
+        self._settings = settings
+        self._js = js
+        self._vault = vault
+        self.operations = operations
+
+    async def promote(
+        self, cube_id: str, names: list[str], *, request_id: str, reason: str, replaces: str = ""
+    ) -> lifecycle_pb2.Operation:
+        """Queue the distillation of ``names`` (or of the cube's live plaintext memories)."""
+        name = PREFIX + operation_id(cube_id, request_id)
+        existing = await self.operations.find(name)
+        if existing is not None:
+            return existing  # a retry
+        sources = await self._sources(cube_id, names)
+        if not sources:
+            raise FailedPrecondition(
+                f"cube {cube_id} has no live plaintext memories to distil", reason="NOTHING_TO_DISTIL"
+            )
+        operation = lifecycle_pb2.Operation(
+            name=name,
+            cube_id=cube_id,
+            kind="distill",
+            state=lifecycle_pb2.OPERATION_STATE_QUEUED,
+            message=f"queued ({reason})",
+            source_count=len(sources),
+        )
+        await self.operations.put(operation)
+        job = commands_pb2.DistillJob(
+            operation=name, cube_id=cube_id, source_names=sources, replaces=replaces, reason=reason
+        )
+        await publish(
+            self._js,
+            jobs_subject("distill", cube_id),
+            job.SerializeToString(),
+            msg_id=name,
+            headers=inject_headers({}),
+        )
+        log.info("queued %s: distil %d memories of %s (%s)", name, len(sources), cube_id, reason)
+        return operation
+
+    async def _sources(self, cube_id: str, names: list[str]) -> list[str]:
+        if len(names) > MAX_NAMES:
+            raise InvalidArgument(f"at most {MAX_NAMES} names", reason="TOO_MANY_NAMES", field="names")
+        if not names:
+            listing = paged(
+                self._vault.ListMemories,
+                vault_pb2.ListMemoriesRequest(cube_id=cube_id, page_size=200),
+                "memories",
+                peer="vault",
+                call_seconds=self._settings.vault_timeout_seconds,
+            )
+            found = [m.name async for m in listing]
+            return sorted(found)[: self._settings.distill_max_memories]
+        for i, n in enumerate(names):
+            owner, _ = validation.memory_name(n, f"names[{i}]")
+            if owner != cube_id:
+                raise InvalidArgument(
+                    f"names[{i}] is not in cube {cube_id}", reason="CROSS_CUBE", field=f"names[{i}]"
+                )
+        async with forward_errors("vault"):
+            got = await self._vault.BatchGetMemories(
+                vault_pb2.BatchGetMemoriesRequest(cube_id=cube_id, names=sorted(set(names))),
+                timeout=self._settings.vault_timeout_seconds,
+            )
+        for memory in got.memories:
+            if memory.kind not in (memory_pb2.MEMORY_KIND_PLAINTEXT, memory_pb2.MEMORY_KIND_UNSPECIFIED):
+                raise InvalidArgument(f"{memory.name} is not a plaintext memory", reason="NOT_PLAINTEXT")
+        return [m.name for m in got.memories]
+
+    async def live(self, cube_id: str, names: list[str]) -> list[str]:
+        """Those of ``names`` that exist and are live."""
+        if not names:
+            return []
+        async with forward_errors("vault"):
+            got = await self._vault.BatchGetMemories(
+                vault_pb2.BatchGetMemoriesRequest(cube_id=cube_id, names=names, allow_missing=True),
+                timeout=self._settings.vault_timeout_seconds,
+            )
+        return [m.name for m in got.memories if m.state in states.LIVE]
+
+    async def adapters(self, cube_id: str) -> list[memory_pb2.Memory]:
+        """The cube's live adapters."""
+        listing = paged(
+            self._vault.ListMemories,
+            vault_pb2.ListMemoriesRequest(cube_id=cube_id, page_size=100, filter=PARAMETRIC),
+            "memories",
+            peer="vault",
+            call_seconds=self._settings.vault_timeout_seconds,
+        )
+        return [m async for m in listing]
+
+
+class StaleAdapters:
+    def __init__(self, js: JetStreamContext, distiller: Distiller, mover: Mover) -> None:
+        self._js = js
+        self._distiller = distiller
+        self._mover = mover
+        self._worker: PullWorker | None = None
+
+    async def prepare(self) -> None:
+        self._worker = await durable_worker(
+            self._js,
+            Stream.EVENTS,
+            durable=CONSUMER,
+            filter_subject=events_subject("*", "memory.>"),
+            handle=self._handle,
+            batch_size=32,
+            name="stale-adapters",
+            ack_wait_seconds=120.0,
+            deliver_policy=DeliverPolicy.NEW,
+            max_deliver=5,
+        )
+
+    async def run(self) -> None:
+        assert self._worker is not None, "prepare() first"
+        await self._worker.run()
+
+    async def stop(self) -> None:
+        if self._worker is not None:
+            await self._worker.stop()
+
+    async def _handle(self, msgs: list[Msg]) -> None:
+        for msg in msgs:
+            kind = (msg.headers or {}).get("ce-type", "")
+            try:
+                if kind in WITHDRAWING:
+                    await self.withdraw_learners(msg.headers.get("ce-subject", ""), kind.rsplit(".", 1)[-1])
+            except MemosError as err:
+                log.warning("stale-adapter check failed, retrying later: %s", err)
+                await msg.nak(delay=5)
+                continue
+            await msg.ack()
+
+    async def withdraw_learners(self, name: str, what: str) -> None:
+        """Archive every live adapter that learned ``name``, and queue its rebuild without it."""
+        if not name:
+            return
+        cube_id, _ = validation.memory_name(name)
+        for adapter in await self._distiller.adapters(cube_id):
+            if name not in adapter.lineage.parent_names:
+                continue
+
+            def mark(m: memory_pb2.Memory) -> None:
+                m.adapter.stale = True
+
+            change = memory_pb2.StateChange(
+                to_state=memory_pb2.MEMORY_STATE_ARCHIVED,
+                rule="source_changed",
+                reason=f"{name} was {what}; withdrawn until it is rebuilt without it",
+                related_name=name,
+            )
+            try:
+                await self._mover.move(adapter, change, request_id=f"stale/{adapter.version}", edit=mark)
+            except NotFound:
+                continue
+            remaining = [n for n in adapter.lineage.parent_names if n != name]
+            live = await self._distiller.live(cube_id, remaining)
+            log.info(
+                "adapter %s withdrawn: %s was %s; %d sources remain", adapter.name, name, what, len(live)
+            )
+            if live:
+                await self._distiller.promote(
+                    cube_id,
+                    live,
+                    request_id=f"rebuild/{adapter.name}/v{adapter.version}",
+                    reason="rebuild",
+                    replaces=adapter.name,
+                )
+
+
+def check_target(kind: int) -> None:
+    if kind == memory_pb2.MEMORY_KIND_PARAMETRIC:
+        return
+    if kind == memory_pb2.MEMORY_KIND_ACTIVATION:
+        raise InvalidArgument(
+            "activation is per memory: Transition it to ACTIVATED, or set a policy's promote_access_count",
+            reason="UNSUPPORTED_TARGET",
+            field="target_kind",
+        )
+    raise InvalidArgument("target_kind must be PARAMETRIC", reason="INVALID_KIND", field="target_kind")

@@ -1,0 +1,1 @@
+"""MemTrainer: runs distillation jobs from the MEMOS_JOBS work queue (parametric memory)."""
