@@ -14,8 +14,9 @@ retrieves.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
-from collections.abc import Sequence
+from collections.abc import AsyncIterator, Sequence
 
 from nats.js import JetStreamContext
 from nats.js.api import DeliverPolicy, KeyValueConfig, StorageType
@@ -88,6 +89,30 @@ def select(
     return prefix_order(chosen.values()), why
 
 
+class KeyedLocks:
+    """One lock per key, kept only while someone holds or waits for it (cubes come and go)."""
+
+    def __init__(self) -> None:
+        self._locks: dict[str, tuple[asyncio.Lock, int]] = {}
+
+    @contextlib.asynccontextmanager
+    async def hold(self, key: str) -> AsyncIterator[None]:
+        lock, users = self._locks.get(key, (asyncio.Lock(), 0))
+        self._locks[key] = (lock, users + 1)
+        try:
+            async with lock:
+                yield
+        finally:
+            lock, users = self._locks[key]
+            if users == 1:
+                del self._locks[key]
+            else:
+                self._locks[key] = (lock, users - 1)
+
+    def __len__(self) -> int:
+        return len(self._locks)
+
+
 class Activations:
     def __init__(
         self,
@@ -105,7 +130,7 @@ class Activations:
         self._vault = vault
         self._generator = generator
         self._retriever = retriever
-        self._locks: dict[str, asyncio.Lock] = {}
+        self._locks = KeyedLocks()
         self._workers: dict[str, asyncio.Task] = {}
         self._due: dict[str, float] = {}
         self._hints: dict[str, str] = {}
@@ -137,8 +162,7 @@ class Activations:
 
     async def build(self, cube_id: str, hint: str = "") -> tuple[activation_pb2.Activation | None, bool]:
         """Select, render and build the cube's activation; (record, whether a new cache was made)."""
-        lock = self._locks.setdefault(cube_id, asyncio.Lock())
-        async with lock:
+        async with self._locks.hold(cube_id):
             core = await self._core_candidates(cube_id)
             predicted = []
             if hint.strip():

@@ -53,3 +53,22 @@ def test_memory_names():
     for bad in ["", "cubes/demo", "cubes/demo/memories/xyz", "cubes/a.b/memories/" + "a" * 32]:
         with pytest.raises(InvalidArgument):
             validation.memory_name(bad)
+
+
+async def test_keyed_locks_serialise_a_key_and_forget_it_when_free():
+    import asyncio
+
+    from services.scheduler.activation import KeyedLocks
+
+    locks, order = KeyedLocks(), []
+
+    async def work(key: str, tag: str) -> None:
+        async with locks.hold(key):
+            order.append(f"{tag}+")
+            await asyncio.sleep(0.01)
+            order.append(f"{tag}-")
+
+    await asyncio.gather(work("a", "1"), work("a", "2"), work("b", "3"))
+    assert order.index("1-") < order.index("2+")  # same key: one at a time
+    assert order.index("3+") < order.index("1-")  # other key: no waiting
+    assert len(locks) == 0
