@@ -8,9 +8,12 @@ from typing import Any
 
 import grpc
 
+from memos.type.v1 import memory_pb2
+from memos.vault.v1 import vault_pb2, vault_pb2_grpc
 from memos_sdk._tracing import trace_interceptors
 from memos_sdk.errors import MemosAPIError
 
+from . import states
 from .errors import MemosError, Unavailable
 
 _PASS_THROUGH = {
@@ -69,3 +72,34 @@ async def paged(
         if not page.next_page_token:
             return
         request.page_token = page.next_page_token
+
+
+PARAMETRIC = vault_pb2.MemoryFilter(kinds=[memory_pb2.MEMORY_KIND_PARAMETRIC])
+
+
+async def live_memories(
+    vault: vault_pb2_grpc.VaultServiceStub, cube_id: str, names: list[str], *, call_seconds: float
+) -> list[memory_pb2.Memory]:
+    """The current versions of those of ``names`` that exist and are in a live state."""
+    if not names:
+        return []
+    async with forward_errors("vault"):
+        got = await vault.BatchGetMemories(
+            vault_pb2.BatchGetMemoriesRequest(cube_id=cube_id, names=names, allow_missing=True),
+            timeout=call_seconds,
+        )
+    return [m for m in got.memories if m.state in states.LIVE]
+
+
+async def live_adapters(
+    vault: vault_pb2_grpc.VaultServiceStub, cube_id: str, *, call_seconds: float
+) -> list[memory_pb2.Memory]:
+    """The cube's live adapters (parametric memories)."""
+    listing = paged(
+        vault.ListMemories,
+        vault_pb2.ListMemoriesRequest(cube_id=cube_id, page_size=100, filter=PARAMETRIC),
+        "memories",
+        peer="vault",
+        call_seconds=call_seconds,
+    )
+    return [m async for m in listing]

@@ -122,7 +122,7 @@ class Adapters:
         self._lora: LoraModel | None = None
         self.current: str | None = None
         self.scales: dict[str, float] = {}
-        self.loaded: dict[str, dict] = {}  # name -> metadata
+        self.loaded: set[str] = set()
         # Switching adapters changes the shared model: held while one is in use, and by a
         # base-model prefix run (a KV build on another Triton model thread).
         self.lock = threading.RLock()
@@ -141,30 +141,25 @@ class Adapters:
             finally:
                 self._lora.enable_adapter_layers()
 
-    def _attach(self, name: str, config: LoraConfig) -> None:
-        if self._lora is None:
-            self._lora = LoraModel(self.lm.model, config, _module_name(name))
-        else:
-            self._lora.inject_adapter(self.lm.model, _module_name(name))  # uses its peft_config
-        self.lm.model.eval()
-
     def add(self, name: str, config: LoraConfig, state: dict[str, torch.Tensor] | None = None) -> None:
         if name in self.loaded:
             self.remove(name)
+        module = _module_name(name)
         if self._lora is None:
-            self._attach(name, config)
+            self._lora = LoraModel(self.lm.model, config, module)
         else:
-            self._lora.peft_config[_module_name(name)] = config
-            self._attach(name, config)
+            self._lora.peft_config[module] = config
+            self._lora.inject_adapter(self.lm.model, module)
+        self.lm.model.eval()
         if state is not None:
-            set_peft_model_state_dict(self.lm.model, state, adapter_name=_module_name(name))
-        self.loaded[name] = {}
+            set_peft_model_state_dict(self.lm.model, state, adapter_name=module)
+        self.loaded.add(name)
         self.use(None)
 
     def remove(self, name: str) -> None:
         if self._lora is not None and name in self.loaded:
             self._lora.delete_adapter(_module_name(name))
-        self.loaded.pop(name, None)
+        self.loaded.discard(name)
         self.scales.pop(name, None)
 
     def use(self, name: str | None) -> None:
@@ -249,7 +244,6 @@ class Adapters:
             for p in params:
                 p.requires_grad_(False)
             self.use(None)
-        self.loaded[name] = {"train_seconds": time.monotonic() - started}
         return {"loss": loss_value, "steps": steps, "train_seconds": time.monotonic() - started}
 
     def _replay_pool(self, config: TrainConfig) -> torch.Tensor:
@@ -399,7 +393,6 @@ class Adapters:
         )
         self.add(name, _lora_config(config, self.layers), load_tensors(blob))
         self.set_scale(name, float(metadata.get("scale", "1.0")))
-        self.loaded[name] = metadata
         return metadata
 
 

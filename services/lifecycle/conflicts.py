@@ -154,10 +154,9 @@ class ConflictResolver:
         self._policies = policies
         self._vault = vault
         self._mover = mover
-        self._worker: PullWorker | None = None
 
-    async def prepare(self) -> None:
-        self._worker = await durable_worker(
+    async def worker(self) -> PullWorker:
+        return await durable_worker(
             self._js,
             Stream.EVENTS,
             durable=CONSUMER,
@@ -169,14 +168,6 @@ class ConflictResolver:
             deliver_policy=DeliverPolicy.NEW,
             max_deliver=5,
         )
-
-    async def run(self) -> None:
-        assert self._worker is not None, "prepare() first"
-        await self._worker.run()
-
-    async def stop(self) -> None:
-        if self._worker is not None:
-            await self._worker.stop()
 
     async def _handle(self, msgs: list[Msg]) -> None:
         for msg in msgs:

@@ -18,9 +18,9 @@ from memos.lifecycle.v1 import lifecycle_pb2
 from memos.type.v1 import memory_pb2
 from memos.vault.v1 import commands_pb2, vault_pb2, vault_pb2_grpc
 from memos_sdk.wire import EventKind, Stream, events_subject, jobs_subject
-from services.common import states, validation
+from services.common import validation
 from services.common.bus import PullWorker, durable_worker, publish
-from services.common.clients import forward_errors, paged
+from services.common.clients import forward_errors, live_adapters, live_memories, paged
 from services.common.errors import FailedPrecondition, InvalidArgument, MemosError, NotFound
 from services.common.operations import PREFIX, Operations, operation_id
 from services.common.telemetry import inject_headers
@@ -32,7 +32,6 @@ log = logging.getLogger(__name__)
 
 CONSUMER = "lifecycle-stale-adapters"
 MAX_NAMES = 500
-PARAMETRIC = vault_pb2.MemoryFilter(kinds=[memory_pb2.MEMORY_KIND_PARAMETRIC])
 # Events after which an adapter holds something it should no longer say.
 WITHDRAWING = {
     EventKind.MEMORY_DELETED.ce_type,
@@ -121,25 +120,13 @@ class Distiller:
 
     async def live(self, cube_id: str, names: list[str]) -> list[str]:
         """Those of ``names`` that exist and are live."""
-        if not names:
-            return []
-        async with forward_errors("vault"):
-            got = await self._vault.BatchGetMemories(
-                vault_pb2.BatchGetMemoriesRequest(cube_id=cube_id, names=names, allow_missing=True),
-                timeout=self._settings.vault_timeout_seconds,
-            )
-        return [m.name for m in got.memories if m.state in states.LIVE]
+        live = await live_memories(
+            self._vault, cube_id, names, call_seconds=self._settings.vault_timeout_seconds
+        )
+        return [m.name for m in live]
 
     async def adapters(self, cube_id: str) -> list[memory_pb2.Memory]:
-        """The cube's live adapters."""
-        listing = paged(
-            self._vault.ListMemories,
-            vault_pb2.ListMemoriesRequest(cube_id=cube_id, page_size=100, filter=PARAMETRIC),
-            "memories",
-            peer="vault",
-            call_seconds=self._settings.vault_timeout_seconds,
-        )
-        return [m async for m in listing]
+        return await live_adapters(self._vault, cube_id, call_seconds=self._settings.vault_timeout_seconds)
 
 
 class StaleAdapters:
@@ -147,10 +134,9 @@ class StaleAdapters:
         self._js = js
         self._distiller = distiller
         self._mover = mover
-        self._worker: PullWorker | None = None
 
-    async def prepare(self) -> None:
-        self._worker = await durable_worker(
+    async def worker(self) -> PullWorker:
+        return await durable_worker(
             self._js,
             Stream.EVENTS,
             durable=CONSUMER,
@@ -162,14 +148,6 @@ class StaleAdapters:
             deliver_policy=DeliverPolicy.NEW,
             max_deliver=5,
         )
-
-    async def run(self) -> None:
-        assert self._worker is not None, "prepare() first"
-        await self._worker.run()
-
-    async def stop(self) -> None:
-        if self._worker is not None:
-            await self._worker.stop()
 
     async def _handle(self, msgs: list[Msg]) -> None:
         for msg in msgs:

@@ -175,11 +175,9 @@ async def setup(stack: AsyncExitStack, settings: LifecycleSettings) -> Component
     policies = await Policies.open(js, default_resolve_conflicts=settings.default_resolve_conflicts)
     mover = Mover(settings, js, vault)
     sweeper = Sweeper(settings, policies, vault, mover)
-    conflicts = ConflictResolver(settings, js, policies, vault, mover)
-    await conflicts.prepare()
+    conflicts = await ConflictResolver(settings, js, policies, vault, mover).worker()
     distiller = Distiller(settings, js, vault, await Operations.open(js))
-    stale = StaleAdapters(js, distiller, mover)
-    await stale.prepare()
+    stale = await StaleAdapters(js, distiller, mover).worker()
 
     async def stop() -> None:
         await asyncio.gather(sweeper.stop(), conflicts.stop(), stale.stop())

@@ -15,9 +15,9 @@ from dataclasses import dataclass
 
 from memos.scheduler.v1 import scheduler_pb2
 from memos.type.v1 import activation_pb2, memory_pb2
-from memos.vault.v1 import vault_pb2, vault_pb2_grpc
+from memos.vault.v1 import vault_pb2_grpc
 from services.common import validation
-from services.common.clients import forward_errors
+from services.common.clients import live_adapters
 from services.common.errors import FailedPrecondition, InvalidArgument
 from services.common.generation import GenerateRequest, GenerateResult, Generator
 from services.common.prompt import render_prefix, render_rest
@@ -28,7 +28,6 @@ from .settings import SchedulerSettings
 
 Outcome = scheduler_pb2.ActivationOutcome
 ROLES = ("user", "assistant", "system")
-PARAMETRIC = vault_pb2.MemoryFilter(kinds=[memory_pb2.MEMORY_KIND_PARAMETRIC])
 MAX_MESSAGES = 64
 MAX_MESSAGE_CHARS = 8192
 
@@ -124,12 +123,10 @@ class Chat:
 
     async def _adapter(self, cube_id: str) -> memory_pb2.Memory | None:
         """The cube's current adapter (parametric memory): its newest live one."""
-        async with forward_errors("vault"):
-            page = await self._vault.ListMemories(
-                vault_pb2.ListMemoriesRequest(cube_id=cube_id, page_size=20, filter=PARAMETRIC),
-                timeout=self._settings.vault_timeout_seconds,
-            )
-        ready = [m for m in page.memories if m.adapter.blob_key]
+        adapters = await live_adapters(
+            self._vault, cube_id, call_seconds=self._settings.vault_timeout_seconds
+        )
+        ready = [m for m in adapters if m.adapter.blob_key]
         return max(ready, key=lambda m: (m.create_time.seconds, m.create_time.nanos), default=None)
 
     async def run(self, request: scheduler_pb2.ChatRequest) -> AsyncIterator[scheduler_pb2.ChatResponse]:

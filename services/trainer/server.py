@@ -28,10 +28,9 @@ from memos.lifecycle.v1 import lifecycle_pb2, lifecycle_pb2_grpc
 from memos.type.v1 import memory_pb2
 from memos.vault.v1 import commands_pb2, vault_pb2, vault_pb2_grpc
 from memos_sdk.wire import EventKind, Stream, jobs_subject, memory_name
-from services.common import states
 from services.common.blobs import open_blob_store
 from services.common.bus import PullWorker, durable_worker, open_jetstream
-from services.common.clients import forward_errors, open_channel, paged
+from services.common.clients import forward_errors, live_adapters, live_memories, open_channel
 from services.common.clock import now_timestamp
 from services.common.embedder import Embedder, open_embedder
 from services.common.errors import MemosError
@@ -49,7 +48,6 @@ log = logging.getLogger(__name__)
 
 CONSUMER = "trainer"
 Op = lifecycle_pb2.Operation
-PARAMETRIC = vault_pb2.MemoryFilter(kinds=[memory_pb2.MEMORY_KIND_PARAMETRIC])
 
 
 def describe(sources: list[memory_pb2.Memory]) -> str:
@@ -89,10 +87,9 @@ class Distillation:
             max_ppl_increase=settings.max_ppl_increase,
         )
         self._ppl_before: float | None = None
-        self._worker: PullWorker | None = None
 
-    async def prepare(self) -> None:
-        self._worker = await durable_worker(
+    async def worker(self) -> PullWorker:
+        return await durable_worker(
             self._js,
             Stream.JOBS,
             durable=CONSUMER,
@@ -104,14 +101,6 @@ class Distillation:
             max_deliver=self._settings.job_max_attempts,
             max_ack_pending=1,
         )
-
-    async def run(self) -> None:
-        assert self._worker is not None, "prepare() first"
-        await self._worker.run()
-
-    async def stop(self) -> None:
-        if self._worker is not None:
-            await self._worker.stop()
 
     async def _handle(self, msgs: list[Msg]) -> None:
         for msg in msgs:
@@ -154,7 +143,9 @@ class Distillation:
             return operation  # done before a crash kept the ack from reaching the queue
         operation.state, operation.attempts = lifecycle_pb2.OPERATION_STATE_RUNNING, attempt
         await self._report(operation, "reading the source memories", 0.0)
-        sources = await self._sources(job)
+        sources = await live_memories(
+            self._vault, job.cube_id, list(job.source_names), call_seconds=self._settings.call_timeout_seconds
+        )
         if not sources:
             raise MemosError("none of the source memories is live any more", reason="NOTHING_TO_DISTIL")
         taught = lessons((m.name, m.text, m.speaker) for m in sources)
@@ -209,16 +200,6 @@ class Distillation:
         log.info("%s done: %s", job.operation, summary)
         return operation
 
-    async def _sources(self, job: commands_pb2.DistillJob) -> list[memory_pb2.Memory]:
-        async with forward_errors("vault"):
-            got = await self._vault.BatchGetMemories(
-                vault_pb2.BatchGetMemoriesRequest(
-                    cube_id=job.cube_id, names=list(job.source_names), allow_missing=True
-                ),
-                timeout=self._settings.call_timeout_seconds,
-            )
-        return [m for m in got.memories if m.state in states.LIVE]
-
     def _evaluate(self, key: str, taught) -> tuple[int, int, float, float, float]:
         """Fit the adapter's scale to the perplexity budget, then ask the held-out phrasings."""
         texts = general_texts()
@@ -264,14 +245,10 @@ class Distillation:
 
     async def _supersede_older(self, memory: memory_pb2.Memory) -> list[str]:
         """The cube serves one adapter: its other live ones are superseded by ``memory``."""
-        listing = paged(
-            self._vault.ListMemories,
-            vault_pb2.ListMemoriesRequest(cube_id=memory.cube_id, page_size=100, filter=PARAMETRIC),
-            "memories",
-            peer="vault",
-            call_seconds=self._settings.call_timeout_seconds,
+        adapters = await live_adapters(
+            self._vault, memory.cube_id, call_seconds=self._settings.call_timeout_seconds
         )
-        older = [m.name async for m in listing if m.name != memory.name]
+        older = [m.name for m in adapters if m.name != memory.name]
         for name in older:
             async with forward_errors("lifecycle"):
                 await self._lifecycle.Transition(
@@ -305,5 +282,5 @@ async def setup(stack: AsyncExitStack, settings: TrainerSettings) -> Component:
         await Operations.open(js),
         Adapters(lm),
     )
-    await distillation.prepare()
-    return Component(registrations=[], background=[distillation.run], on_stop=distillation.stop)
+    jobs = await distillation.worker()
+    return Component(registrations=[], background=[jobs.run], on_stop=jobs.stop)

@@ -67,11 +67,11 @@ class Applier:
         self._index = index
         self._batch_size = batch_size
         self._ack_wait = ack_wait_seconds
-        self._worker: PullWorker | None = None
 
-    async def prepare(self) -> None:
-        """Create the durable consumer; with a new, empty index, rewind it to replay the whole log."""
-        self._worker = await durable_worker(
+    async def worker(self) -> PullWorker:
+        """The worker on the write log's durable consumer, rewound when the index is new and empty
+        (to replay the whole log). Stopping it lets the batch in flight finish and be acked."""
+        return await durable_worker(
             self._js,
             Stream.WRITES,
             durable=VAULT_CONSUMER,
@@ -84,15 +84,6 @@ class Applier:
             max_ack_pending=self._batch_size * 8,
             rewind=self._index.created,
         )
-
-    async def run(self) -> None:
-        assert self._worker is not None, "prepare() first"
-        await self._worker.run()
-
-    async def stop(self) -> None:
-        """Stop fetching; the batch in flight finishes and is acked."""
-        if self._worker is not None:
-            await self._worker.stop()
 
     async def apply(self, msgs: list[Msg]) -> None:
         commands: list[tuple[Msg, commands_pb2.WriteCommand]] = []

@@ -216,12 +216,11 @@ async def setup(stack: AsyncExitStack, settings: VaultSettings) -> Component:
     await index.open()
     stack.push_async_callback(index.close)
     consumers = dict(batch_size=settings.apply_batch_size, ack_wait_seconds=settings.apply_ack_wait_seconds)
-    applier, usage = Applier(js, index, **consumers), UsageFolder(js, index, **consumers)
-    await applier.prepare()
-    await usage.prepare()
+    writes = await Applier(js, index, **consumers).worker()
+    usage = await UsageFolder(js, index, **consumers).worker()
 
     async def stop() -> None:
-        await asyncio.gather(applier.stop(), usage.stop())
+        await asyncio.gather(writes.stop(), usage.stop())
 
     servicer = VaultServicer(settings, index, js, embedder)
     return Component(
@@ -233,6 +232,6 @@ async def setup(stack: AsyncExitStack, settings: VaultSettings) -> Component:
                 servicer,
             )
         ],
-        background=[applier.run, usage.run],
+        background=[writes.run, usage.run],
         on_stop=stop,
     )

@@ -42,11 +42,11 @@ class UsageFolder:
         self._index = index
         self._batch_size = batch_size
         self._ack_wait = ack_wait_seconds
-        self._worker: PullWorker | None = None
 
-    async def prepare(self) -> None:
-        """Create the durable consumer; with a new, empty index, rewind it to fold usage again."""
-        self._worker = await durable_worker(
+    async def worker(self) -> PullWorker:
+        """The worker on the usage stream's durable consumer, rewound when the index is new and
+        empty (to fold usage again)."""
+        return await durable_worker(
             self._js,
             Stream.USAGE,
             durable=VAULT_USAGE_CONSUMER,
@@ -59,14 +59,6 @@ class UsageFolder:
             max_ack_pending=self._batch_size * 8,
             rewind=self._index.created,
         )
-
-    async def run(self) -> None:
-        assert self._worker is not None, "prepare() first"
-        await self._worker.run()
-
-    async def stop(self) -> None:
-        if self._worker is not None:
-            await self._worker.stop()
 
     async def fold(self, msgs: list[Msg]) -> None:
         tallies: dict[str, _Tally] = defaultdict(_Tally)
