@@ -17,7 +17,7 @@ BUNDLES ?= ../shared/data/locomo-dev.jsonl
 OUT ?= bench-out.jsonl
 GOLD ?=
 
-.PHONY: help setup proto proto-check lint run test test-unit test-integration test-reliability \
+.PHONY: help setup proto proto-check lint run test test-unit test-integration test-reliability test-security k8s-keys \
         bench-retrieval bench-baselines bench-kv bench-conflicts bench-lora clean distclean
 
 help: ## Show this help
@@ -66,6 +66,12 @@ test-integration: setup ## Integration tests (real nats-server, Triton, Qdrant E
 
 test-reliability: setup ## Crash-safety and replay tests alone
 	$(PY) -m pytest -q -m reliability
+
+k8s-keys: setup ## Key material for the local Kubernetes overlay (deploy/k8s/overlays/local/keys, not in git)
+	$(PY) -m services.launcher keys --dir deploy/k8s/overlays/local/keys
+
+test-security: setup ## Isolation (property-based), token, audit and rate-limit tests alone
+	$(PY) -m pytest -q -m security
 
 bench-retrieval: setup ## Retrieval benchmark: BUNDLES=<jsonl> OUT=<jsonl> [GOLD=<gold.jsonl>]
 	$(PY) -m bench.retrieval --bundles $(BUNDLES) --out $(OUT) $(if $(GOLD),--gold $(GOLD))

@@ -4,6 +4,7 @@ session (the inference service as a process), and the other services in-process 
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import os
 import subprocess
 import sys
@@ -19,9 +20,14 @@ from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
+from memos.governance.v1 import governance_pb2
 from memos_sdk import Endpoints, MemosClient
+from memos_sdk.channels import Tls
+from services.common.auth import TokenSigner, load_private_key
 from services.common.grpc_host import ServiceHost
-from services.launcher.mesh import _bin, free_port, health_status, port_in_use, write_nats_config
+from services.governance.server import setup as governance_setup
+from services.governance.settings import GovernanceSettings
+from services.launcher.mesh import MeshKeys, _bin, free_port, health_status, port_in_use, write_nats_config
 from services.launcher.weed import S3Server, start_s3
 from services.lifecycle.server import setup as lifecycle_setup
 from services.lifecycle.settings import LifecycleSettings
@@ -124,12 +130,74 @@ def triton_addr(inference: Inference) -> str:
     return inference.addr
 
 
-def service_settings(nats_url: str, triton_addr: str, data_dir: Path) -> dict[str, object]:
-    """Settings of reader, vault and scheduler for an in-process mesh."""
-    common = {"nats_url": nats_url, "inference_addr": triton_addr, "log_format": "text"}
+def mesh_keys(data_dir: Path) -> MeshKeys:
+    """The key material of a test mesh (made once per directory, as `make run` does)."""
+    return MeshKeys(data_dir / "auth")
+
+
+def auth_fields(keys: MeshKeys, governance_addr: str = "") -> dict[str, object]:
+    """Settings every service of a test mesh shares: the public key, the service key, governance,
+    and mutual TLS when the key directory holds a tls/ PKI (tests/security/test_mtls.py)."""
+    fields: dict[str, object] = {
+        "auth_public_key_file": keys.public_key,
+        "service_api_key": keys.service_key,
+        "governance_addr": governance_addr or "127.0.0.1:9",  # nothing there: no service tokens
+    }
+    tls = keys.directory / "tls"
+    if (tls / "ca.pem").exists():
+        fields |= {
+            "tls_ca_file": tls / "ca.pem",
+            "tls_cert_file": tls / "service.pem",
+            "tls_key_file": tls / "service.key",
+        }
+    return fields
+
+
+def client_tls(keys: MeshKeys) -> Tls | None:
+    tls = keys.directory / "tls"
+    return (
+        Tls.from_files(tls / "ca.pem", tls / "client.pem", tls / "client.key")
+        if (tls / "ca.pem").exists()
+        else None
+    )
+
+
+def mint_token(
+    keys: MeshKeys, principal: str = "principals/admin", *, admin: bool = True, ttl: float = 3600
+) -> str:
+    """A token signed with the mesh's key, for tests that run no governance service."""
+    signer = TokenSigner(load_private_key(keys.signing_key), ttl)
+    kind = governance_pb2.PRINCIPAL_KIND_USER
+    return signer.issue(governance_pb2.Principal(name=principal, kind=kind, admin=admin))[0]
+
+
+def governance_settings(nats_url: str, keys: MeshKeys, **extra: object) -> GovernanceSettings:
+    return GovernanceSettings(
+        nats_url=nats_url,
+        log_format="text",
+        signing_key_file=keys.signing_key,
+        bootstrap_admin_key=keys.admin_key,
+        bootstrap_service_key=keys.service_key,
+        **auth_fields(keys),
+        **extra,
+    )
+
+
+def service_settings(
+    nats_url: str, triton_addr: str, data_dir: Path, governance_addr: str = ""
+) -> dict[str, object]:
+    """Settings of reader, vault and scheduler for an in-process mesh (keys under data_dir/auth)."""
+    keys = mesh_keys(data_dir)
+    common = {
+        "nats_url": nats_url,
+        "inference_addr": triton_addr,
+        "log_format": "text",
+        **auth_fields(keys, governance_addr),
+    }
     return {
+        "keys": keys,
         "vault": VaultSettings(**common, data_dir=data_dir / "vault", wait_applied_timeout_seconds=60),
-        "reader": ReaderSettings(**common),
+        "reader": lambda vault_addr, **extra: ReaderSettings(**common, vault_addr=vault_addr, **extra),
         # Activation memory is built on request (Preload) unless a test turns automatic preloading on.
         "scheduler": lambda vault_addr, **extra: SchedulerSettings(
             **common, vault_addr=vault_addr, **{"auto_preload": False, **extra}
@@ -137,8 +205,16 @@ def service_settings(nats_url: str, triton_addr: str, data_dir: Path) -> dict[st
     }
 
 
-def lifecycle_settings(nats_url: str, vault_addr: str, **extra: object) -> LifecycleSettings:
-    return LifecycleSettings(nats_url=nats_url, vault_addr=vault_addr, log_format="text", **extra)
+def lifecycle_settings(
+    nats_url: str, vault_addr: str, keys: MeshKeys, governance_addr: str, **extra: object
+) -> LifecycleSettings:
+    return LifecycleSettings(
+        nats_url=nats_url,
+        vault_addr=vault_addr,
+        log_format="text",
+        **auth_fields(keys, governance_addr),
+        **extra,
+    )
 
 
 @dataclass
@@ -148,7 +224,19 @@ class InProcessMesh:
     reader: ServiceHost
     scheduler: ServiceHost
     nats: NatsServer
+    governance: ServiceHost
+    keys: MeshKeys
+    endpoints: Endpoints
     lifecycle: ServiceHost | None = None
+
+    def client_as(self, api_key: str, **endpoints: str) -> MemosClient:
+        """Another client of this mesh, calling with ``api_key`` (and other ``endpoints`` if given)."""
+        return MemosClient(
+            dataclasses.replace(self.endpoints, **endpoints),
+            api_key=api_key,
+            tls=client_tls(self.keys),
+            timeout_seconds=120,
+        )
 
 
 @contextlib.asynccontextmanager
@@ -159,15 +247,23 @@ async def in_process_mesh(
     *,
     lifecycle: dict[str, object] | None = None,
     trainer: dict[str, object] | None = None,
+    blobs: Path | None = None,
+    reader_settings: dict[str, object] | None = None,
     **scheduler: object,
 ) -> AsyncIterator[InProcessMesh]:
-    """Vault, reader and scheduler in this process; the lifecycle too when given its settings, and
-    the trainer (which needs the lifecycle) when given its settings."""
-    settings = service_settings(nats.url, triton_addr, data_dir)
+    """Vault, reader, scheduler and governance in this process; the lifecycle too when given its
+    settings, and the trainer (which needs the lifecycle) when given its settings. ``blobs`` is
+    the object store governance erases KV caches and adapters from. The client calls as the admin."""
+    keys = mesh_keys(data_dir)
+    # Governance starts last (it reaches the vault and lifecycle), at an address the others know.
+    governance_addr = f"127.0.0.1:{free_port()}"
     async with contextlib.AsyncExitStack() as stack:
+        settings = service_settings(nats.url, triton_addr, data_dir, governance_addr)
         vault = await stack.enter_async_context(ServiceHost("vault", settings["vault"], vault_setup))
         vault_addr = f"127.0.0.1:{vault.port}"
-        reader = await stack.enter_async_context(ServiceHost("reader", settings["reader"], reader_setup))
+        reader = await stack.enter_async_context(
+            ServiceHost("reader", settings["reader"](vault_addr, **(reader_settings or {})), reader_setup)
+        )
         scheduler_host = await stack.enter_async_context(
             ServiceHost("scheduler", settings["scheduler"](vault_addr, **scheduler), scheduler_setup)
         )
@@ -175,7 +271,9 @@ async def in_process_mesh(
         if lifecycle is not None:
             lifecycle_host = await stack.enter_async_context(
                 ServiceHost(
-                    "lifecycle", lifecycle_settings(nats.url, vault_addr, **lifecycle), lifecycle_setup
+                    "lifecycle",
+                    lifecycle_settings(nats.url, vault_addr, keys, governance_addr, **lifecycle),
+                    lifecycle_setup,
                 )
             )
         if trainer is not None:
@@ -186,18 +284,38 @@ async def in_process_mesh(
                 lifecycle_addr=f"127.0.0.1:{lifecycle_host.port}",
                 inference_addr=triton_addr,
                 log_format="text",
+                **auth_fields(keys, governance_addr),
                 **trainer,
             )
             await stack.enter_async_context(ServiceHost("trainer", trainer_settings, trainer_setup))
+        governance = await stack.enter_async_context(
+            ServiceHost(
+                "governance",
+                governance_settings(
+                    nats.url,
+                    keys,
+                    grpc_addr=governance_addr,
+                    vault_addr=vault_addr,
+                    lifecycle_addr=f"127.0.0.1:{lifecycle_host.port}" if lifecycle_host else "127.0.0.1:9",
+                    blob_store_url=str(blobs or data_dir / "blobs"),
+                ),
+                governance_setup,
+            )
+        )
         endpoints = Endpoints(
             reader=f"127.0.0.1:{reader.port}",
             vault=vault_addr,
             scheduler=f"127.0.0.1:{scheduler_host.port}",
             nats_url=nats.url,
             lifecycle=f"127.0.0.1:{lifecycle_host.port}" if lifecycle_host else "",
+            governance=governance_addr,
         )
-        client = await stack.enter_async_context(MemosClient(endpoints, timeout_seconds=120))
-        yield InProcessMesh(client, vault, reader, scheduler_host, nats, lifecycle_host)
+        client = await stack.enter_async_context(
+            MemosClient(endpoints, api_key=keys.admin_key, tls=client_tls(keys), timeout_seconds=120)
+        )
+        yield InProcessMesh(
+            client, vault, reader, scheduler_host, nats, governance, keys, endpoints, lifecycle_host
+        )
 
 
 @pytest.fixture

@@ -73,6 +73,37 @@ STREAMS = {
         discard=DiscardPolicy.OLD,
         duplicate_window=DUPLICATE_WINDOW_SECONDS,
     ),
+    # Access decisions wait here (each taken once) until governance appends them to the chain.
+    Stream.AUDIT_INBOX: StreamConfig(
+        name=Stream.AUDIT_INBOX,
+        subjects=[f"{SUBJECT_PREFIX}.audit-inbox.>"],
+        retention=RetentionPolicy.WORK_QUEUE,
+        storage=StorageType.FILE,
+        discard=DiscardPolicy.OLD,
+        duplicate_window=DUPLICATE_WINDOW_SECONDS,
+    ),
+    # Subject keys (sealing.py): the last message of each subject is the key; secure deletes
+    # must be allowed, so that erasing a subject can overwrite its key.
+    Stream.SUBJECT_KEYS: StreamConfig(
+        name=Stream.SUBJECT_KEYS,
+        subjects=[f"{SUBJECT_PREFIX}.subject-keys.>"],
+        retention=RetentionPolicy.LIMITS,
+        storage=StorageType.FILE,
+        discard=DiscardPolicy.OLD,
+        max_msgs_per_subject=1,
+        allow_direct=True,
+    ),
+    # The audit log: kept for good, and the server refuses to delete or purge any of it.
+    Stream.AUDIT: StreamConfig(
+        name=Stream.AUDIT,
+        subjects=[f"{SUBJECT_PREFIX}.audit.>"],
+        retention=RetentionPolicy.LIMITS,
+        storage=StorageType.FILE,
+        discard=DiscardPolicy.OLD,
+        duplicate_window=DUPLICATE_WINDOW_SECONDS,
+        deny_delete=True,
+        deny_purge=True,
+    ),
 }
 
 

@@ -11,10 +11,14 @@ import grpc
 from memos.type.v1 import memory_pb2
 from memos.vault.v1 import vault_pb2, vault_pb2_grpc
 from memos_sdk._tracing import trace_interceptors
+from memos_sdk.auth import auth_interceptors
+from memos_sdk.channels import aio_channel
 from memos_sdk.errors import MemosAPIError
 
 from . import states
 from .errors import MemosError, Unavailable
+from .guard import outgoing_token
+from .settings import ServiceSettings
 
 _PASS_THROUGH = {
     grpc.StatusCode.INVALID_ARGUMENT,
@@ -30,12 +34,15 @@ _PASS_THROUGH = {
 
 
 @contextlib.asynccontextmanager
-async def open_channel(addr: str) -> AsyncIterator[grpc.aio.Channel]:
-    channel = grpc.aio.insecure_channel(addr, interceptors=trace_interceptors())
+async def open_channel(addr: str, settings: ServiceSettings) -> AsyncIterator[grpc.aio.Channel]:
+    """A channel to a peer whose calls carry the trace and a token (see auth.OutgoingToken)."""
+    token = outgoing_token(settings)
+    channel = aio_channel(addr, settings.tls(), [*trace_interceptors(), *auth_interceptors(token)])
     try:
         yield channel
     finally:
         await channel.close()
+        await token.close()
 
 
 class _Forwarded(MemosError):
@@ -75,6 +82,11 @@ async def paged(
 
 
 PARAMETRIC = vault_pb2.MemoryFilter(kinds=[memory_pb2.MEMORY_KIND_PARAMETRIC])
+# Every memory of a cube, whatever its state and kind.
+EVERY_MEMORY = vault_pb2.MemoryFilter(
+    states=[s for s in memory_pb2.MemoryState.values() if s != memory_pb2.MEMORY_STATE_UNSPECIFIED],
+    kinds=[k for k in memory_pb2.MemoryKind.values() if k != memory_pb2.MEMORY_KIND_UNSPECIFIED],
+)
 
 
 async def live_memories(

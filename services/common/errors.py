@@ -43,6 +43,13 @@ class AlreadyExists(MemosError):
     default_reason = "ALREADY_EXISTS"
 
 
+class Unauthenticated(MemosError):
+    """No token, or one that is expired, forged or malformed: get a new token."""
+
+    code = grpc.StatusCode.UNAUTHENTICATED
+    default_reason = "UNAUTHENTICATED"
+
+
 class PermissionDenied(MemosError):
     code = grpc.StatusCode.PERMISSION_DENIED
     default_reason = "PERMISSION_DENIED"

@@ -7,10 +7,20 @@ import datetime as dt
 from google.protobuf.message import Message
 from nats.js import JetStreamContext
 
+from memos.type.v1 import memory_pb2
 from memos_sdk.wire import PROTOBUF_CONTENT_TYPE, EventKind, Header, events_subject
 
 from .bus import publish
 from .telemetry import inject_headers
+
+
+def without_content(memory: memory_pb2.Memory) -> memory_pb2.Memory:
+    """The memory as events carry it: every header field, no text or context."""
+    bare = memory_pb2.Memory()
+    bare.CopyFrom(memory)
+    bare.ClearField("text")
+    bare.ClearField("index_context")
+    return bare
 
 
 async def publish_event(

@@ -10,7 +10,7 @@ import asyncio
 import contextlib
 import logging
 import signal
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from contextlib import AsyncExitStack
 from dataclasses import dataclass, field
 from typing import Any
@@ -21,7 +21,12 @@ from grpc_reflection.v1alpha import reflection
 from opentelemetry import context as otel_context
 from opentelemetry import trace
 
+from memos_sdk.channels import Tls
+
+from .access import Rule
+from .auth import current_caller
 from .errors import MemosError, to_status
+from .guard import Guard
 from .logs import configure_logging
 from .settings import ServiceSettings
 from .telemetry import configure_tracing, extract_context
@@ -31,18 +36,33 @@ log = logging.getLogger(__name__)
 
 @dataclass
 class Registration:
-    """One gRPC service implementation: ``add(servicer, server)`` and its full name for health/reflection."""
+    """One gRPC service implementation: ``add(servicer, server)``, its full name for health and
+    reflection, and the access rule of each of its methods (every method must have one)."""
 
     add: Callable[[Any, grpc.aio.Server], None]
     servicer: Any
     full_name: str
+    access: Mapping[str, Rule]
 
     @classmethod
     def of(
-        cls, file_descriptor: Any, service: str, add: Callable[[Any, grpc.aio.Server], None], servicer: Any
+        cls,
+        file_descriptor: Any,
+        service: str,
+        add: Callable[[Any, grpc.aio.Server], None],
+        servicer: Any,
+        access: Mapping[str, Rule],
     ):
-        """``Registration.of(vault_pb2.DESCRIPTOR, "VaultService", add_..._to_server, servicer)``."""
-        return cls(add, servicer, file_descriptor.services_by_name[service].full_name)
+        """``Registration.of(vault_pb2.DESCRIPTOR, "VaultService", add_..._to_server, servicer, ACCESS)``."""
+        descriptor = file_descriptor.services_by_name[service]
+        missing = [m.name for m in descriptor.methods if m.name not in access]
+        if missing:
+            raise ValueError(f"{service}: no access rule for {', '.join(missing)}")
+        return cls(add, servicer, descriptor.full_name, access)
+
+    def rules(self) -> dict[str, Rule]:
+        """Access rules by full method path (/package.Service/Method)."""
+        return {f"/{self.full_name}/{method}": rule for method, rule in self.access.items()}
 
 
 @dataclass
@@ -59,7 +79,12 @@ Setup = Callable[[AsyncExitStack, Any], Awaitable[Component]]
 
 
 class _ServerInterceptor(grpc.aio.ServerInterceptor):
-    """Continues the caller's trace, and turns MemosError (or a crash) into a status with ErrorInfo."""
+    """Continues the caller's trace, admits the caller through the guard (token, rate, cube role,
+    audit), and turns MemosError (or a crash) into a status with ErrorInfo."""
+
+    def __init__(self, gate: Guard, rules: Mapping[str, Rule]) -> None:
+        self._gate = gate
+        self._rules = rules
 
     async def intercept_service(self, continuation, handler_call_details):
         handler = await continuation(handler_call_details)
@@ -67,13 +92,20 @@ class _ServerInterceptor(grpc.aio.ServerInterceptor):
             return handler
         method = handler_call_details.method
         carrier = {k: v for k, v in (handler_call_details.invocation_metadata or ()) if isinstance(v, str)}
+        rule = self._rules[method]
         tracer = trace.get_tracer("memos.grpc")
 
-        async def guard(context: grpc.aio.ServicerContext, call: Callable[[], Awaitable[Any]]) -> Any:
+        async def guard(
+            context: grpc.aio.ServicerContext, request: Any, call: Callable[[], Awaitable[Any]]
+        ) -> Any:
             token = otel_context.attach(extract_context(carrier))
+            caller_token = None
             try:
                 with tracer.start_as_current_span(method, kind=trace.SpanKind.SERVER) as span:
                     try:
+                        caller_token = current_caller.set(
+                            await self._gate.admit(method, rule, request, carrier)
+                        )
                         return await call()
                     except MemosError as err:
                         span.set_attribute("rpc.error_reason", err.reason)
@@ -87,13 +119,15 @@ class _ServerInterceptor(grpc.aio.ServerInterceptor):
                             to_status(MemosError("internal error; see the service log", reason="INTERNAL"))
                         )
             finally:
+                if caller_token is not None:
+                    current_caller.reset(caller_token)
                 otel_context.detach(token)
 
         if handler.unary_unary:
             inner = handler.unary_unary
 
             async def unary_unary(request, context):
-                return await guard(context, lambda: inner(request, context))
+                return await guard(context, request, lambda: inner(request, context))
 
             return grpc.unary_unary_rpc_method_handler(
                 unary_unary, handler.request_deserializer, handler.response_serializer
@@ -106,7 +140,7 @@ class _ServerInterceptor(grpc.aio.ServerInterceptor):
                     async for item in inner_stream(request, context):
                         await context.write(item)
 
-                await guard(context, drain)
+                await guard(context, request, drain)
 
             return grpc.unary_stream_rpc_method_handler(
                 unary_stream, handler.request_deserializer, handler.response_serializer
@@ -115,21 +149,28 @@ class _ServerInterceptor(grpc.aio.ServerInterceptor):
 
 
 def create_server(
-    addr: str, registrations: Sequence[Registration], *, max_message_bytes: int
+    addr: str,
+    registrations: Sequence[Registration],
+    gate: Guard | None,
+    *,
+    max_message_bytes: int,
+    tls: Tls | None = None,
 ) -> tuple[grpc.aio.Server, int, health.aio.HealthServicer]:
     """Build a server with health and reflection; returns it with its bound port (addr may use port 0)."""
     options = [
         ("grpc.max_receive_message_length", max_message_bytes),
         ("grpc.max_send_message_length", max_message_bytes),
     ]
-    server = grpc.aio.server(interceptors=[_ServerInterceptor()], options=options)
+    rules = {path: rule for reg in registrations for path, rule in reg.rules().items()}
+    interceptors = [_ServerInterceptor(gate, rules)] if gate is not None else []
+    server = grpc.aio.server(interceptors=interceptors, options=options)
     health_servicer = health.aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     for reg in registrations:
         reg.add(reg.servicer, server)
     names = [reg.full_name for reg in registrations]
     reflection.enable_server_reflection([*names, health.SERVICE_NAME, reflection.SERVICE_NAME], server)
-    port = server.add_insecure_port(addr)
+    port = server.add_secure_port(addr, tls.server_credentials()) if tls else server.add_insecure_port(addr)
     if port == 0:
         raise OSError(f"cannot bind gRPC server to {addr}")
     return server, port, health_servicer
@@ -145,15 +186,24 @@ class ServiceHost:
         self._stack = AsyncExitStack()
         self._tasks: list[asyncio.Task[None]] = []
         self.port = 0
+        self.guard: Guard | None = None
         self.failed: asyncio.Future[BaseException] | None = None
 
     async def __aenter__(self) -> ServiceHost:
         try:
             self.component = await self._setup(self._stack, self.settings)
+            # Inference serves Triton's own protocol (inside the mesh only) and no RPC of ours.
+            self.guard = (
+                await Guard.open(self._stack, self.settings, self.name)
+                if self.component.registrations
+                else None
+            )
             server, self.port, self._health = create_server(
                 self.settings.grpc_addr,
                 self.component.registrations,
+                self.guard,
                 max_message_bytes=self.settings.max_message_bytes,
+                tls=self.settings.tls(),
             )
             self._server = server
             await server.start()

@@ -7,20 +7,21 @@ poll it with ``LifecycleService.GetOperation``.
 from __future__ import annotations
 
 import hashlib
+import re
 
 from nats.js import JetStreamContext
-from nats.js.api import KeyValueConfig, StorageType
-from nats.js.errors import BucketNotFoundError, KeyNotFoundError
+from nats.js.errors import KeyNotFoundError
 from nats.js.kv import KeyValue
 
 from memos.lifecycle.v1 import lifecycle_pb2
 from memos_sdk.wire import Bucket
 
+from .buckets import open_bucket
 from .clock import now_timestamp
 from .errors import InvalidArgument, NotFound
 
-PREFIX = "operations/"
 State = lifecycle_pb2.OperationState
+_NAME = re.compile(r"^cubes/(?P<cube>[A-Za-z0-9][A-Za-z0-9_-]{0,63})/operations/(?P<id>[0-9a-f]{32})$")
 
 
 def operation_id(*parts: str) -> str:
@@ -28,13 +29,20 @@ def operation_id(*parts: str) -> str:
     return hashlib.sha256("\0".join(parts).encode()).hexdigest()[:32]
 
 
-def parse_name(name: str) -> str:
-    op_id = name[len(PREFIX) :] if name.startswith(PREFIX) else ""
-    if not (len(op_id) == 32 and all(c in "0123456789abcdef" for c in op_id)):
+def operation_name(cube_id: str, op_id: str) -> str:
+    return f"cubes/{cube_id}/operations/{op_id}"
+
+
+def parse_name(name: str) -> tuple[str, str]:
+    """cubes/{cube}/operations/{id} -> (cube_id, operation id)."""
+    match = _NAME.match(name)
+    if not match:
         raise InvalidArgument(
-            f"{name[:80]!r} is not an operation name (operations/<id>)", reason="MALFORMED_NAME"
+            f"{name[:120]!r} is not an operation name (cubes/{{cube}}/operations/{{32 hex digits}})",
+            reason="MALFORMED_NAME",
+            field="name",
         )
-    return op_id
+    return match["cube"], match["id"]
 
 
 class Operations:
@@ -43,19 +51,11 @@ class Operations:
 
     @classmethod
     async def open(cls, js: JetStreamContext) -> Operations:
-        try:
-            bucket = await js.key_value(Bucket.OPERATIONS)
-        except BucketNotFoundError:
-            bucket = await js.create_key_value(
-                KeyValueConfig(
-                    bucket=Bucket.OPERATIONS, history=1, storage=StorageType.FILE, ttl=30 * 24 * 3600
-                )
-            )
-        return cls(bucket)
+        return cls(await open_bucket(js, Bucket.OPERATIONS))
 
     async def find(self, name: str) -> lifecycle_pb2.Operation | None:
         try:
-            entry = await self._bucket.get(parse_name(name))
+            entry = await self._bucket.get(parse_name(name)[1])
         except KeyNotFoundError:
             return None
         return lifecycle_pb2.Operation.FromString(entry.value) if entry and entry.value else None
@@ -71,5 +71,5 @@ class Operations:
         if not operation.HasField("create_time"):
             operation.create_time.CopyFrom(now)
         operation.update_time.CopyFrom(now)
-        await self._bucket.put(parse_name(operation.name), operation.SerializeToString())
+        await self._bucket.put(parse_name(operation.name)[1], operation.SerializeToString())
         return operation

@@ -8,6 +8,7 @@ from typing import Any
 
 from google.protobuf.descriptor import ServiceDescriptor
 
+from .access import SIGNED_IN
 from .errors import Unimplemented
 from .grpc_host import Component, Registration
 
@@ -26,6 +27,8 @@ def placeholder_setup(servicer_base: type, add: Any, descriptor: ServiceDescript
     )
 
     async def setup(stack: AsyncExitStack, settings: Any) -> Component:
-        return Component(registrations=[Registration(add, servicer_type(), descriptor.full_name)])
+        # Signed-in callers learn the RPC is not there yet; nothing is read or written.
+        access = {m.name: SIGNED_IN for m in descriptor.methods}
+        return Component(registrations=[Registration(add, servicer_type(), descriptor.full_name, access)])
 
     return setup

@@ -9,10 +9,13 @@ KV cache can stand in for it. Memories are quoted data: each sits on a line of i
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterable, Sequence
 
 from memos.scheduler.v1 import scheduler_pb2
 from memos.type.v1 import memory_pb2
+
+from .injection import is_flagged
 
 SYSTEM = (
     "You are a helpful assistant with a long-term memory of earlier conversations with the user. "
@@ -20,17 +23,21 @@ SYSTEM = (
     "Use them when they help to answer, and say so when they do not contain the answer."
 )
 _TURN_MARKERS = ("<|im_start|>", "<|im_end|>", "<|endoftext|>")
+_BLOCK_TAG = re.compile(r"<(\s*/?\s*memories\s*)>", re.IGNORECASE)
+FLAGGED = "[unverified: reads like an instruction] "
 
 
 def neutralize(text: str) -> str:
-    """Text that cannot open or close a turn: the special markers lose their meaning."""
+    """Text that cannot open or close a turn or a memories block: the markers lose their meaning."""
     for marker in _TURN_MARKERS:
         text = text.replace(marker, marker.replace("|", "¦"))
-    return text
+    return _BLOCK_TAG.sub(r"(\1)", text)
 
 
 def memory_line(memory: memory_pb2.Memory) -> str:
-    return "- " + " ".join(neutralize(memory.text).split())
+    """One quoted line; a memory flagged at ingest (injection.py) says so before its text."""
+    mark = FLAGGED if is_flagged(memory.labels) else ""
+    return "- " + mark + " ".join(neutralize(memory.text).split())
 
 
 def prefix_order(memories: Iterable[memory_pb2.Memory]) -> list[memory_pb2.Memory]:

@@ -8,6 +8,8 @@ from typing import ClassVar, Literal
 from pydantic import Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from memos_sdk.channels import Tls
+
 
 class ServiceSettings(BaseSettings):
     """Settings every service has. Subclasses set ``env_prefix`` (MEMOS_<SERVICE>_)."""
@@ -23,6 +25,30 @@ class ServiceSettings(BaseSettings):
     otel_endpoint: str = Field("", description="OTLP gRPC endpoint when otel_exporter=otlp")
     shutdown_grace_seconds: float = Field(5.0, gt=0)
     max_message_bytes: int = Field(16 * 1024 * 1024, gt=0, description="largest gRPC message accepted")
+    # Security (docs/security.md).
+    auth_public_key_file: Path | None = Field(
+        None, description="governance's public key (PEM) that every token is verified with; required"
+    )
+    service_api_key: SecretStr = Field(
+        SecretStr(""), description="API key of the mesh's service principal, for work of the service's own"
+    )
+    governance_addr: str = Field("127.0.0.1:50056", description="where API keys are exchanged for tokens")
+    rate_limit_per_second: float = Field(50.0, gt=0, description="requests per principal, on average")
+    rate_limit_burst: int = Field(200, gt=0, description="requests per principal in a burst")
+    tls_ca_file: Path | None = Field(
+        None, description="CA of the mesh; with tls_cert_file and tls_key_file, gRPC in and out is mutual TLS"
+    )
+    tls_cert_file: Path | None = Field(None, description="this service's certificate (PEM)")
+    tls_key_file: Path | None = Field(None, description="this service's private key (PEM)")
+
+    def tls(self) -> Tls | None:
+        """Mutual TLS material, when all three files are set."""
+        files = (self.tls_ca_file, self.tls_cert_file, self.tls_key_file)
+        if not any(files):
+            return None
+        if not all(files):
+            raise ValueError("mutual TLS needs tls_ca_file, tls_cert_file and tls_key_file together")
+        return Tls.from_files(*files)
 
 
 class ModelFilesSettings(BaseSettings):

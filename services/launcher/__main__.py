@@ -12,9 +12,10 @@ import sys
 import time
 from pathlib import Path
 
+from memos_sdk.auth import save_api_key
 from memos_sdk.endpoints import SERVICES, LocalPorts
 
-from .mesh import Mesh, MeshError
+from .mesh import Mesh, MeshError, MeshKeys
 
 ROLE = {
     "inference": "models on Triton (KServe-v2 gRPC on the Triton port)",
@@ -22,7 +23,7 @@ ROLE = {
     "reader": "conversations/documents -> memory items",
     "scheduler": "search, chat with activation memory (KV), preload",
     "lifecycle": "states, TTL/decay, conflicts, rollback, Promote",
-    "governance": "access, audit, erasure (later issue)",
+    "governance": "principals, tokens, per-cube access, audit log",
     "store": "export/import/sharing (later issue)",
     "trainer": "distillation jobs: LoRA adapters (parametric memory)",
 }
@@ -57,6 +58,8 @@ def run(args: argparse.Namespace) -> int:
     signal.signal(signal.SIGINT, request_stop)
     signal.signal(signal.SIGTERM, request_stop)
     print(f"\nall services SERVING after {time.monotonic() - started:.0f}s\n\n{_table(mesh)}\n")
+    saved = save_api_key(mesh.ports.addr("governance"), mesh.admin_key)
+    print(f"the local admin's API key is saved in {saved}; the memos CLI and SDK use it\n")
     env = "" if args.port_base == 50050 else f"MEMOS_PORT_BASE={args.port_base} "
     print("talk to it from another shell:")
     print("  source .venv/bin/activate")
@@ -87,8 +90,19 @@ def main(argv: list[str] | None = None) -> int:
     )
     p_run.add_argument("--port-base", type=int, default=50050, help="first of the ports the mesh uses")
     p_run.add_argument("--timeout", type=float, default=300, help="seconds to wait for every service")
+    p_keys = sub.add_parser(
+        "keys",
+        help="make a mesh's key material in a directory (for Kubernetes secrets; `run` makes its own)",
+        description="Writes signing.pem (governance's token-signing key: keep it secret), public.pem, "
+        "admin.key and service.key; existing files are kept.",
+    )
+    p_keys.add_argument("--dir", required=True, help="where to write them (made with mode 0700)")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
+    if args.command == "keys":
+        keys = MeshKeys(Path(args.dir))
+        print(f"key material in {keys.directory}: signing.pem, public.pem, admin.key, service.key")
+        return 0
     return run(args)
 
 

@@ -21,6 +21,7 @@ import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from memos_sdk.endpoints import SERVICES, LocalPorts
+from services.common.auth import generate_signing_key, new_api_key
 
 log = logging.getLogger(__name__)
 
@@ -76,6 +77,28 @@ def health_status(addr: str, timeout: float = 1.0) -> int:
         return 0
 
 
+class MeshKeys:
+    """A local mesh's key material under one directory (mode 0700): the token-signing key pair,
+    the local admin's API key and the service principal's; made once, reused by later starts."""
+
+    def __init__(self, directory: Path) -> None:
+        self.directory = directory
+        self.signing_key = directory / "signing.pem"
+        self.public_key = directory / "public.pem"
+        generate_signing_key(self.signing_key, self.public_key)
+        self.directory.chmod(0o700)
+        self.admin_key = self._key("admin.key")
+        self.service_key = self._key("service.key")
+
+    def _key(self, name: str) -> str:
+        path = self.directory / name
+        if not path.exists():
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+            with os.fdopen(fd, "w") as out:
+                out.write(new_api_key()[1])
+        return path.read_text().strip()
+
+
 class Mesh:
     """A mesh whose state lives under ``run_dir`` (nats/, vault/, logs/)."""
 
@@ -85,8 +108,14 @@ class Mesh:
         self.run_dir = Path(run_dir).resolve()
         self.ports = ports or LocalPorts()
         self.logs = self.run_dir / "logs"
+        self.auth = MeshKeys(self.run_dir / "auth")
         self._extra_env = extra_env or {}
         self._procs: dict[str, subprocess.Popen[bytes]] = {}
+
+    @property
+    def admin_key(self) -> str:
+        """The API key of principals/admin (made at the first start, kept in run_dir/auth)."""
+        return self.auth.admin_key
 
     # -- environment of each process --------------------------------------------------------
 
@@ -98,10 +127,22 @@ class Mesh:
             "NATS_URL": p.nats_url,
             "INFERENCE_ADDR": f"{p.host}:{p.triton_grpc}",
             "LOG_FORMAT": "json",
+            "AUTH_PUBLIC_KEY_FILE": str(self.auth.public_key),
+            "SERVICE_API_KEY": self.auth.service_key,
+            "GOVERNANCE_ADDR": p.addr("governance"),
         }
+        if service == "governance":
+            env |= {
+                "VAULT_ADDR": p.addr("vault"),
+                "LIFECYCLE_ADDR": p.addr("lifecycle"),
+                "BLOB_STORE_URL": str(self.run_dir / "blobs"),
+                "SIGNING_KEY_FILE": str(self.auth.signing_key),
+                "BOOTSTRAP_ADMIN_KEY": self.auth.admin_key,
+                "BOOTSTRAP_SERVICE_KEY": self.auth.service_key,
+            }
         if service == "vault":
             env["DATA_DIR"] = str(self.run_dir / "vault")
-        if service in ("scheduler", "lifecycle", "trainer"):
+        if service in ("reader", "scheduler", "lifecycle", "trainer"):
             env["VAULT_ADDR"] = p.addr("vault")
         if service == "trainer":
             env |= {"LIFECYCLE_ADDR": p.addr("lifecycle"), "BLOB_STORE_URL": str(self.run_dir / "blobs")}

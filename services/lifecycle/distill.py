@@ -22,7 +22,7 @@ from services.common import validation
 from services.common.bus import PullWorker, durable_worker, publish
 from services.common.clients import forward_errors, live_adapters, live_memories, paged
 from services.common.errors import FailedPrecondition, InvalidArgument, MemosError, NotFound
-from services.common.operations import PREFIX, Operations, operation_id
+from services.common.operations import Operations, operation_id, operation_name
 from services.common.telemetry import inject_headers
 
 from .moves import Mover
@@ -58,7 +58,7 @@ class Distiller:
         self, cube_id: str, names: list[str], *, request_id: str, reason: str, replaces: str = ""
     ) -> lifecycle_pb2.Operation:
         """Queue the distillation of ``names`` (or of the cube's live plaintext memories)."""
-        name = PREFIX + operation_id(cube_id, request_id)
+        name = operation_name(cube_id, operation_id(cube_id, request_id))
         existing = await self.operations.find(name)
         if existing is not None:
             return existing  # a retry

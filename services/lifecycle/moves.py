@@ -18,6 +18,7 @@ from services.common import states
 from services.common.clients import forward_errors
 from services.common.clock import now_timestamp
 from services.common.errors import Aborted, FailedPrecondition
+from services.common.sealing import SubjectKeys
 from services.common.writes import write_version
 
 from .settings import LifecycleSettings
@@ -27,11 +28,16 @@ PRODUCER = "lifecycle"
 
 class Mover:
     def __init__(
-        self, settings: LifecycleSettings, js: JetStreamContext, vault: vault_pb2_grpc.VaultServiceStub
+        self,
+        settings: LifecycleSettings,
+        js: JetStreamContext,
+        vault: vault_pb2_grpc.VaultServiceStub,
+        keys: SubjectKeys,
     ):
         self._settings = settings
         self._js = js
         self._vault = vault
+        self._keys = keys
 
     async def get(self, name: str) -> memory_pb2.Memory:
         async with forward_errors("vault"):
@@ -86,6 +92,7 @@ class Mover:
         updated.provenance.request_id = request_id
         await write_version(
             self._js,
+            self._keys,
             commands_pb2.PutMemory(memory=updated, keep_vectors=True),
             request_id=request_id,
             wait_applied_seconds=self._settings.wait_applied_timeout_seconds,

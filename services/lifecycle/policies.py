@@ -3,17 +3,18 @@
 from __future__ import annotations
 
 from nats.js import JetStreamContext
-from nats.js.api import KeyValueConfig, StorageType
-from nats.js.errors import BucketNotFoundError, KeyNotFoundError, NoKeysError
+from nats.js.errors import KeyNotFoundError, NoKeysError
 from nats.js.kv import KeyValue
 
 from memos.lifecycle.v1 import lifecycle_pb2
 from memos_sdk.wire import Bucket
 from services.common import validation
+from services.common.buckets import open_bucket
 from services.common.clock import now_timestamp
 from services.common.errors import InvalidArgument
 
 MIN_DURATION_SECONDS = 1.0
+MAX_REDACTED_NAMES = 100
 
 
 def policy_name(cube_id: str) -> str:
@@ -47,6 +48,15 @@ def check(policy: lifecycle_pb2.Policy) -> None:
         )
     if policy.promote_access_count < 0:
         raise InvalidArgument("promote_access_count must not be negative", reason="INVALID_POLICY")
+    names = policy.redaction.names
+    if len(names) > MAX_REDACTED_NAMES or any(not n.strip() or len(n) > 100 for n in names):
+        raise InvalidArgument(
+            f"redaction.names: at most {MAX_REDACTED_NAMES} names of 1-100 characters",
+            reason="INVALID_POLICY",
+            field="redaction.names",
+        )
+    if any(k not in lifecycle_pb2.PiiKind.values() or k == 0 for k in policy.redaction.kinds):
+        raise InvalidArgument("redaction.kinds names an unknown kind", reason="INVALID_POLICY")
 
 
 class Policies:
@@ -56,12 +66,7 @@ class Policies:
 
     @classmethod
     async def open(cls, js: JetStreamContext, *, default_resolve_conflicts: bool) -> Policies:
-        try:
-            bucket = await js.key_value(Bucket.POLICIES)
-        except BucketNotFoundError:
-            bucket = await js.create_key_value(
-                KeyValueConfig(bucket=Bucket.POLICIES, history=5, storage=StorageType.FILE)
-            )
+        bucket = await open_bucket(js, Bucket.POLICIES)
         return cls(bucket, default_resolve_conflicts=default_resolve_conflicts)
 
     async def get(self, cube_id: str) -> lifecycle_pb2.Policy:

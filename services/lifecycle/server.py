@@ -14,11 +14,21 @@ from memos.lifecycle.v1 import lifecycle_pb2, lifecycle_pb2_grpc
 from memos.type.v1 import memory_pb2
 from memos.vault.v1 import vault_pb2, vault_pb2_grpc
 from services.common import states, validation
+from services.common.access import (
+    cube_id_at,
+    field_at,
+    memory_cube_at,
+    operation_cube_at,
+    owns,
+    reads,
+    writes,
+)
 from services.common.bus import open_jetstream
 from services.common.clients import forward_errors, open_channel, paged
 from services.common.errors import Aborted, InvalidArgument, NotFound
 from services.common.grpc_host import Component, Registration
 from services.common.operations import Operations
+from services.common.sealing import SubjectKeys
 
 from .conflicts import ConflictResolver
 from .distill import Distiller, StaleAdapters, check_target
@@ -168,12 +178,25 @@ class LifecycleServicer(lifecycle_pb2_grpc.LifecycleServiceServicer):
         return await self._distiller.operations.get(request.name)
 
 
+ACCESS = {
+    "GetPolicy": reads(lambda r: cube_of(r.name)),
+    # Policy decides how long the cube's memories live: the owner's call. Setting one on a cube
+    # nobody owns yet makes the caller its owner.
+    "SetPolicy": owns(lambda r: cube_of(r.policy.name), claims=True),
+    "Transition": writes(memory_cube_at(), field_at("name")),
+    "Rollback": writes(memory_cube_at(), field_at("name")),
+    "Promote": writes(cube_id_at()),
+    "GetOperation": reads(operation_cube_at(), field_at("name")),
+}
+
+
 async def setup(stack: AsyncExitStack, settings: LifecycleSettings) -> Component:
-    channel: grpc.aio.Channel = await stack.enter_async_context(open_channel(settings.vault_addr))
+    channel: grpc.aio.Channel = await stack.enter_async_context(open_channel(settings.vault_addr, settings))
     vault = vault_pb2_grpc.VaultServiceStub(channel)
     js = await open_jetstream(stack, settings.nats_url, "lifecycle")
     policies = await Policies.open(js, default_resolve_conflicts=settings.default_resolve_conflicts)
-    mover = Mover(settings, js, vault)
+    keys = await SubjectKeys.start(stack, js)
+    mover = Mover(settings, js, vault, keys)
     sweeper = Sweeper(settings, policies, vault, mover)
     conflicts = await ConflictResolver(settings, js, policies, vault, mover).worker()
     distiller = Distiller(settings, js, vault, await Operations.open(js))
@@ -185,7 +208,7 @@ async def setup(stack: AsyncExitStack, settings: LifecycleSettings) -> Component
     servicer = LifecycleServicer(settings, policies, vault, mover, distiller)
     add = lifecycle_pb2_grpc.add_LifecycleServiceServicer_to_server
     return Component(
-        registrations=[Registration.of(lifecycle_pb2.DESCRIPTOR, "LifecycleService", add, servicer)],
+        registrations=[Registration.of(lifecycle_pb2.DESCRIPTOR, "LifecycleService", add, servicer, ACCESS)],
         background=[sweeper.run, conflicts.run, stale.run],
         on_stop=stop,
     )

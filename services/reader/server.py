@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import datetime as dt
 import hashlib
 import logging
@@ -14,13 +15,23 @@ from google.protobuf import timestamp_pb2
 
 from memos.reader.v1 import reader_pb2, reader_pb2_grpc
 from memos.type.v1 import memory_pb2
-from memos.vault.v1 import commands_pb2
+from memos.vault.v1 import commands_pb2, vault_pb2, vault_pb2_grpc
+from memos_sdk.wire import Bucket
 from services.common import validation
+from services.common.access import cube_id_at, writes
+from services.common.auth import caller_principal
+from services.common.buckets import open_bucket
 from services.common.bus import open_jetstream, wait_applied
+from services.common.clients import EVERY_MEMORY, forward_errors, open_channel
 from services.common.clock import now_timestamp
 from services.common.embedder import Embedder, open_embedder
-from services.common.errors import InvalidArgument
+from services.common.errors import InvalidArgument, ResourceExhausted
 from services.common.grpc_host import Component, Registration
+from services.common.injection import LABEL as INJECTION_LABEL
+from services.common.injection import instruction_rules
+from services.common.kvmirror import KvMirror
+from services.common.redaction import RedactionPolicies, Redactor
+from services.common.sealing import SubjectKeys
 from services.common.writes import publish_write
 
 from .extract import Turn, context_embeddings, document_items, turn_items
@@ -31,8 +42,11 @@ log = logging.getLogger(__name__)
 
 SOURCE_ID_PATTERN = re.compile(r"^[\w:.#/@+-]{1,128}$")
 MAX_SPEAKER_CHARS = 128
-# Until governance issues tokens (issue 5), writes are attributed to the local principal.
-LOCAL_PRINCIPAL = "principals/local"
+# Writing to a cube nobody owns yet makes the caller its owner.
+ACCESS = {
+    "AddMessages": writes(cube_id_at(), claims=True),
+    "AddDocument": writes(cube_id_at(), claims=True),
+}
 
 
 def _check_id(value: str, field: str) -> None:
@@ -67,10 +81,21 @@ def _resolve_time(ts: timestamp_pb2.Timestamp, text: str, field: str, *, has_ts:
 
 
 class ReaderServicer(reader_pb2_grpc.ReaderServiceServicer):
-    def __init__(self, settings: ReaderSettings, js, embedder: Embedder) -> None:
+    def __init__(
+        self,
+        settings: ReaderSettings,
+        js,
+        embedder: Embedder,
+        keys: SubjectKeys,
+        policies: RedactionPolicies,
+        vault: vault_pb2_grpc.VaultServiceStub,
+    ) -> None:
+        self._vault = vault
         self._settings = settings
         self._js = js
         self._embedder = embedder
+        self._keys = keys
+        self._policies = policies
 
     def _turns(self, request: reader_pb2.AddMessagesRequest, request_id: str) -> list[Turn]:
         if not request.messages:
@@ -109,10 +134,30 @@ class ReaderServicer(reader_pb2_grpc.ReaderServiceServicer):
             )
         return turns
 
+    async def _check_room(self, cube_id: str, adding: int) -> None:
+        """RESOURCE_EXHAUSTED when the items would take the cube over its limit (a soft limit:
+        concurrent writers may pass it by one request each)."""
+        limit = self._settings.max_items_per_cube
+        if not limit:
+            return
+        request = vault_pb2.ListMemoriesRequest(cube_id=cube_id, page_size=1, filter=EVERY_MEMORY)
+        async with forward_errors("vault"):
+            held = (
+                await self._vault.ListMemories(request, timeout=self._settings.vault_timeout_seconds)
+            ).total_size
+        if held + adding > limit:
+            raise ResourceExhausted(
+                f"cube {cube_id} holds {held} memories; {adding} more would pass its limit of {limit}",
+                reason="CUBE_FULL",
+                cube_id=cube_id,
+                limit=limit,
+            )
+
     async def _write(
         self, cube_id: str, items: list[memory_pb2.Memory], wait: bool
     ) -> tuple[list[str], int, bool]:
         """Embed and append one put per item; with ``wait``, until the vault applied them."""
+        await self._check_room(cube_id, len(items))
         vectors = await self._embedder.embed([item.text for item in items])
         context_vectors = context_embeddings(items, vectors, self._settings.context_weight)
         limit = asyncio.Semaphore(self._settings.publish_concurrency)
@@ -123,7 +168,9 @@ class ReaderServicer(reader_pb2_grpc.ReaderServiceServicer):
                 put.context_embedding.extend(context_vectors[item.name].tolist())
             command = commands_pb2.WriteCommand(put=put)
             async with limit:
-                seq, _ = await publish_write(self._js, cube_id, command, msg_id=f"{item.name}/v1")
+                seq, _ = await publish_write(
+                    self._js, cube_id, command, msg_id=f"{item.name}/v1", keys=self._keys
+                )
             return seq
 
         sequences = await asyncio.gather(
@@ -137,16 +184,17 @@ class ReaderServicer(reader_pb2_grpc.ReaderServiceServicer):
     async def AddMessages(self, request, context):
         cube_id = validation.cube_id(request.cube_id)
         request_id = validation.request_id(request.request_id) or uuid.uuid4().hex
-        turns = self._turns(request, request_id)
+        turns = _redacted(self._turns(request, request_id), self._policies.for_cube(cube_id))
         items = turn_items(
             cube_id,
             turns,
             piece_tokens=self._settings.piece_tokens,
             context_tokens=self._settings.context_tokens,
             request_id=request_id,
-            principal=LOCAL_PRINCIPAL,
+            principal=caller_principal(),
             now=now_timestamp(),
         )
+        _flag_instructions(items, {t.id: t.text for t in turns})
         names, seq, applied = await self._write(cube_id, items, request.wait_applied)
         log.info("added %d turn items to %s", len(names), cube_id, extra={"cube": cube_id, "log_seq": seq})
         return reader_pb2.AddMessagesResponse(memory_names=names, log_sequence=seq, applied=applied)
@@ -160,6 +208,8 @@ class ReaderServicer(reader_pb2_grpc.ReaderServiceServicer):
         for i, tag in enumerate(request.tags):
             _check_id(tag, f"tags[{i}]")
         document_id = request.document_id or hashlib.sha256(text.encode()).hexdigest()[:24]
+        redactor = self._policies.for_cube(cube_id)
+        text, title = redactor.redact(text), redactor.redact(title)
         time = request.time.ToDatetime(tzinfo=dt.UTC) if request.HasField("time") else None
         items = document_items(
             cube_id,
@@ -170,16 +220,55 @@ class ReaderServicer(reader_pb2_grpc.ReaderServiceServicer):
             tags=list(request.tags),
             target_tokens=self._settings.document_chunk_tokens,
             request_id=request_id,
-            principal=LOCAL_PRINCIPAL,
+            principal=caller_principal(),
             now=now_timestamp(),
         )
+        _flag_instructions(items, {})
         names, seq, applied = await self._write(cube_id, items, request.wait_applied)
         log.info("added document %s to %s as %d items", document_id, cube_id, len(names))
         return reader_pb2.AddDocumentResponse(memory_names=names, log_sequence=seq, applied=applied)
 
 
+def _redacted(turns: list[Turn], redactor: Redactor) -> list[Turn]:
+    """The turns with what the cube's policy masks masked, before anything else sees them."""
+    if not redactor.active:
+        return turns
+    return [
+        dataclasses.replace(
+            t,
+            text=redactor.redact(t.text),
+            speaker=redactor.redact(t.speaker),
+            image_caption=redactor.redact(t.image_caption),
+        )
+        for t in turns
+    ]
+
+
+def _flag_instructions(items: list[memory_pb2.Memory], turn_texts: dict[str, str]) -> None:
+    """Label items whose source turn (or, for documents, whose own text) reads like an
+    instruction to a model (injection.py)."""
+    for item in items:
+        texts = [turn_texts[s.turn_id] for s in item.provenance.sources if s.turn_id in turn_texts]
+        rules = sorted({r for text in (texts or [item.text]) for r in instruction_rules(text)})
+        if rules:
+            item.labels[INJECTION_LABEL] = ",".join(rules)
+
+
 async def setup(stack: AsyncExitStack, settings: ReaderSettings) -> Component:
     js = await open_jetstream(stack, settings.nats_url, "reader")
-    servicer = ReaderServicer(settings, js, open_embedder(stack, settings))
+    keys = await SubjectKeys.start(stack, js)
+    policies = KvMirror(await open_bucket(js, Bucket.POLICIES))
+    await policies.start(stack)
+    vault = await stack.enter_async_context(open_channel(settings.vault_addr, settings))
+    servicer = ReaderServicer(
+        settings,
+        js,
+        open_embedder(stack, settings),
+        keys,
+        RedactionPolicies(policies),
+        vault_pb2_grpc.VaultServiceStub(vault),
+    )
     add = reader_pb2_grpc.add_ReaderServiceServicer_to_server
-    return Component(registrations=[Registration.of(reader_pb2.DESCRIPTOR, "ReaderService", add, servicer)])
+    return Component(
+        registrations=[Registration.of(reader_pb2.DESCRIPTOR, "ReaderService", add, servicer, ACCESS)],
+    )

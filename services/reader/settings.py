@@ -26,3 +26,8 @@ class ReaderSettings(ServiceSettings, EmbedderSettings):
     )
     publish_concurrency: int = Field(64, gt=0, description="write commands in flight at once")
     wait_applied_timeout_seconds: float = Field(60.0, gt=0)
+    max_items_per_cube: int = Field(
+        200_000, ge=0, description="memories a cube may hold (all states); 0: no limit"
+    )
+    vault_addr: str = Field("127.0.0.1:50052", description="where the cube's size is read")
+    vault_timeout_seconds: float = Field(10.0, gt=0)

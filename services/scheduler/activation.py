@@ -19,20 +19,21 @@ import logging
 from collections.abc import AsyncIterator, Sequence
 
 from nats.js import JetStreamContext
-from nats.js.api import DeliverPolicy, KeyValueConfig, StorageType
-from nats.js.errors import BucketNotFoundError, KeyNotFoundError
+from nats.js.api import DeliverPolicy
+from nats.js.errors import KeyNotFoundError
 from nats.js.kv import KeyValue
 
 from memos.events.v1 import events_pb2
 from memos.type.v1 import activation_pb2, memory_pb2
 from memos.vault.v1 import vault_pb2, vault_pb2_grpc
 from memos_sdk.tokens import count_tokens
-from memos_sdk.wire import Bucket, EventKind, Stream, events_subject
+from memos_sdk.wire import EventKind, Stream, events_subject
 from services.common.bus import PullWorker, durable_worker
 from services.common.clients import forward_errors
 from services.common.clock import now_timestamp
 from services.common.events import publish_event
 from services.common.generation import Generator
+from services.common.injection import is_flagged
 from services.common.prompt import prefix_order, render_prefix
 
 from .retrieval import Retriever
@@ -42,15 +43,6 @@ log = logging.getLogger(__name__)
 
 # One durable consumer shared by the scheduler replicas: each memory change reaches one of them.
 WATCH_CONSUMER = "scheduler-activation"
-
-
-async def open_bucket(js: JetStreamContext) -> KeyValue:
-    try:
-        return await js.key_value(Bucket.ACTIVATION)
-    except BucketNotFoundError:
-        return await js.create_key_value(
-            KeyValueConfig(bucket=Bucket.ACTIVATION, history=1, storage=StorageType.FILE)
-        )
 
 
 def select(
@@ -174,6 +166,10 @@ class Activations:
                     record_usage=False,
                 )
                 predicted = [m for a in found for m in a.span]
+            # A memory that reads like an instruction never becomes part of the model's context
+            # for every turn; it can still be retrieved, as a quoted and marked line.
+            core = [m for m in core if not is_flagged(m.labels)]
+            predicted = [m for m in predicted if not is_flagged(m.labels)]
             chosen, why = select(core, predicted, self._settings.activation_budget_tokens)
             previous = await self.current(cube_id)
             if not chosen:

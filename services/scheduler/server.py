@@ -10,7 +10,10 @@ import grpc
 
 from memos.scheduler.v1 import scheduler_pb2, scheduler_pb2_grpc
 from memos.vault.v1 import vault_pb2_grpc
+from memos_sdk.wire import Bucket
 from services.common import validation
+from services.common.access import cube_id_at, reads, writes
+from services.common.buckets import open_bucket
 from services.common.bus import open_jetstream
 from services.common.clients import open_channel
 from services.common.embedder import open_query_embedder
@@ -18,7 +21,7 @@ from services.common.errors import FailedPrecondition, InvalidArgument
 from services.common.generation import open_generator
 from services.common.grpc_host import Component, Registration
 
-from .activation import Activations, open_bucket
+from .activation import Activations
 from .chat import Chat
 from .retrieval import Retriever
 from .settings import SchedulerSettings
@@ -80,8 +83,16 @@ class SchedulerServicer(scheduler_pb2_grpc.SchedulerServiceServicer):
         return scheduler_pb2.PreloadResponse(activation=record, created=created)
 
 
+ACCESS = {
+    "Search": reads(cube_id_at()),
+    "Chat": reads(cube_id_at()),
+    # Builds the cube's KV cache: a change to what the cube holds.
+    "Preload": writes(cube_id_at()),
+}
+
+
 async def setup(stack: AsyncExitStack, settings: SchedulerSettings) -> Component:
-    channel: grpc.aio.Channel = await stack.enter_async_context(open_channel(settings.vault_addr))
+    channel: grpc.aio.Channel = await stack.enter_async_context(open_channel(settings.vault_addr, settings))
     vault = vault_pb2_grpc.VaultServiceStub(channel)
     js = await open_jetstream(stack, settings.nats_url, "scheduler")
     usage = AccessRecorder(js, enabled=settings.record_usage)
@@ -89,7 +100,12 @@ async def setup(stack: AsyncExitStack, settings: SchedulerSettings) -> Component
     retriever = Retriever(settings, vault, open_query_embedder(stack, settings), usage)
     generator = open_generator(stack, settings)
     activations = Activations(
-        settings, js=js, bucket=await open_bucket(js), vault=vault, generator=generator, retriever=retriever
+        settings,
+        js=js,
+        bucket=await open_bucket(js, Bucket.ACTIVATION),
+        vault=vault,
+        generator=generator,
+        retriever=retriever,
     )
     stack.push_async_callback(activations.close)
     servicer = SchedulerServicer(
@@ -103,7 +119,7 @@ async def setup(stack: AsyncExitStack, settings: SchedulerSettings) -> Component
         watcher = await activations.watch_changes()
         background, on_stop = [watcher.run], watcher.stop
     return Component(
-        registrations=[Registration.of(scheduler_pb2.DESCRIPTOR, "SchedulerService", add, servicer)],
+        registrations=[Registration.of(scheduler_pb2.DESCRIPTOR, "SchedulerService", add, servicer, ACCESS)],
         background=background,
         on_stop=on_stop,
     )

@@ -37,6 +37,7 @@ from services.common.errors import MemosError
 from services.common.events import publish_event
 from services.common.grpc_host import Component
 from services.common.operations import Operations, parse_name
+from services.common.sealing import SubjectKeys
 from services.common.writes import write_version
 from services.inference.lessons import lessons
 from services.inference.llm import load_language_model
@@ -51,10 +52,11 @@ Op = lifecycle_pb2.Operation
 
 
 def describe(sources: list[memory_pb2.Memory]) -> str:
-    """The adapter item's text (what a listing shows, and what it is indexed under)."""
-    head = "; ".join(m.text for m in sources[:3])
-    more = f" and {len(sources) - 3} more" if len(sources) > 3 else ""
-    return f"LoRA adapter learned from {len(sources)} memories: {head}{more}"[:2000]
+    """The adapter item's text (what a listing shows). It quotes none of the sources: the item is
+    sealed with no one's subject key, and erasing a source's writer must leave none of its words."""
+    speakers = sorted({m.speaker for m in sources if m.speaker})
+    who = f" ({', '.join(speakers[:5])}{', ...' if len(speakers) > 5 else ''})" if speakers else ""
+    return f"LoRA adapter learned from {len(sources)} memories{who}"
 
 
 class Distillation:
@@ -67,9 +69,11 @@ class Distillation:
         embedder: Embedder,
         operations: Operations,
         adapters: Adapters,
+        keys: SubjectKeys,
     ) -> None:
         self._settings = settings
         self._js = js
+        self._keys = keys
         self._vault = vault
         self._lifecycle = lifecycle
         self._embedder = embedder
@@ -137,7 +141,7 @@ class Distillation:
         await self._operations.put(operation)
 
     async def distil(self, job: commands_pb2.DistillJob, *, attempt: int = 1) -> Op:
-        parse_name(job.operation)
+        _, adapter_id = parse_name(job.operation)
         operation = await self._operations.get(job.operation)
         if operation.state == lifecycle_pb2.OPERATION_STATE_SUCCEEDED:
             return operation  # done before a crash kept the ack from reaching the queue
@@ -149,7 +153,6 @@ class Distillation:
         if not sources:
             raise MemosError("none of the source memories is live any more", reason="NOTHING_TO_DISTIL")
         taught = lessons((m.name, m.text, m.speaker) for m in sources)
-        adapter_id = parse_name(job.operation)
         key = adapter_key(job.cube_id, adapter_id)
         loop = asyncio.get_running_loop()
         last = [0.0]
@@ -234,6 +237,7 @@ class Distillation:
         vector = (await self._embedder.embed([memory.text]))[0]
         await write_version(
             self._js,
+            self._keys,
             commands_pb2.PutMemory(memory=memory, embedding=vector.tolist()),
             request_id=job.operation,
             wait_applied_seconds=self._settings.wait_applied_timeout_seconds,
@@ -268,10 +272,18 @@ async def setup(stack: AsyncExitStack, settings: TrainerSettings) -> Component:
     if settings.torch_threads:
         torch.set_num_threads(settings.torch_threads)
     js = await open_jetstream(stack, settings.nats_url, "trainer")
-    vault_channel: grpc.aio.Channel = await stack.enter_async_context(open_channel(settings.vault_addr))
-    lifecycle_channel: grpc.aio.Channel = await stack.enter_async_context(
-        open_channel(settings.lifecycle_addr)
+    vault_channel: grpc.aio.Channel = await stack.enter_async_context(
+        open_channel(settings.vault_addr, settings)
     )
+    lifecycle_channel: grpc.aio.Channel = await stack.enter_async_context(
+        open_channel(settings.lifecycle_addr, settings)
+    )
+    if not settings.service_api_key.get_secret_value():
+        raise ValueError(
+            "service_api_key is not set: the trainer calls the vault and lifecycle as the mesh's "
+            "service principal (MEMOS_TRAINER_SERVICE_API_KEY; `make run` sets it)"
+        )
+    keys = await SubjectKeys.start(stack, js)
     lm = await asyncio.to_thread(load_language_model, settings)
     distillation = Distillation(
         settings,
@@ -281,6 +293,7 @@ async def setup(stack: AsyncExitStack, settings: TrainerSettings) -> Component:
         open_embedder(stack, settings),
         await Operations.open(js),
         Adapters(lm),
+        keys,
     )
     jobs = await distillation.worker()
     return Component(registrations=[], background=[jobs.run], on_stop=jobs.stop)

@@ -20,15 +20,17 @@ from typing import Any
 from nats.aio.msg import Msg
 from nats.js import JetStreamContext
 from opentelemetry import trace
+from qdrant_edge import FieldCondition, Filter, MatchAny, MatchValue
 
 from memos.events.v1 import events_pb2
 from memos.type.v1 import memory_pb2
 from memos.vault.v1 import commands_pb2
-from memos_sdk.wire import SUBJECT_PREFIX, EventKind, Stream
+from memos_sdk.wire import SUBJECT_PREFIX, EventKind, Header, Stream
 from services.common import states, validation
 from services.common.bus import VAULT_CONSUMER, PullWorker, durable_worker
 from services.common.errors import InvalidArgument
-from services.common.events import publish_event
+from services.common.events import publish_event, without_content
+from services.common.sealing import Erased, SubjectKeys
 from services.common.telemetry import extract_context
 
 from . import records
@@ -61,10 +63,17 @@ class _Batch:
 
 class Applier:
     def __init__(
-        self, js: JetStreamContext, index: EdgeIndex, *, batch_size: int, ack_wait_seconds: float
+        self,
+        js: JetStreamContext,
+        index: EdgeIndex,
+        keys: SubjectKeys,
+        *,
+        batch_size: int,
+        ack_wait_seconds: float,
     ) -> None:
         self._js = js
         self._index = index
+        self._keys = keys
         self._batch_size = batch_size
         self._ack_wait = ack_wait_seconds
 
@@ -90,8 +99,13 @@ class Applier:
         for msg in msgs:
             command = commands_pb2.WriteCommand()
             try:
-                command.ParseFromString(msg.data)
+                command.ParseFromString(await self._open(msg))
                 _check(command)
+            except Erased as err:
+                # Its subject was erased: the content is gone for good, and so is the command.
+                log.info("skipping write seq=%s of an erased subject (%s)", msg.metadata.sequence.stream, err)
+                await msg.ack()
+                continue
             except Exception as err:
                 log.error("dropping malformed write command seq=%s: %s", msg.metadata.sequence.stream, err)
                 await msg.term()
@@ -100,7 +114,8 @@ class Applier:
         if not commands:
             return
         async with self._index.writing:
-            batch = _Batch(heads=await self._index.retrieve(sorted({_head_of(c) for _, c in commands})))
+            heads = sorted({h for _, c in commands if (h := _head_of(c)) is not None})
+            batch = _Batch(heads=await self._index.retrieve(heads))
             for msg, command in commands:
                 parent = extract_context(msg.headers)
                 with tracer.start_as_current_span(
@@ -108,11 +123,41 @@ class Applier:
                 ):
                     if command.HasField("put"):
                         self._put(batch, command.put, parent)
+                    elif command.HasField("erase"):
+                        self._erase(batch, command.erase)
                     else:
                         self._delete(batch, command.delete.name, parent)
             await self._index.write(list(batch.upserts.values()), batch.delete_filters)
         await asyncio.gather(*(self._publish(e) for e in batch.events))
         await asyncio.gather(*(msg.ack() for msg, _ in commands))
+
+    async def _open(self, msg: Msg) -> bytes:
+        """The command's bytes, unsealed with its subject key when it carries content."""
+        key_id = (msg.headers or {}).get(Header.SUBJECT_KEY)
+        if not key_id:
+            return msg.data
+        data = await self._keys.unseal(key_id, msg.data)
+        return data
+
+    def _erase(self, batch: _Batch, erase: commands_pb2.EraseCommand) -> None:
+        """Drop every point of the subject's memories in the cube: heads, versions, tombstones."""
+        cube = FieldCondition(key="cube", match=MatchValue(erase.cube_id))
+        if erase.whole_cube:
+            batch.delete_filters.append(Filter(must=[cube]))
+        else:
+            if erase.key_ids:
+                keyed = FieldCondition(key="key", match=MatchAny(list(erase.key_ids)))
+                batch.delete_filters.append(Filter(must=[cube, keyed]))
+            ids = [validation.memory_name(n)[1] for n in erase.names]
+            if ids:
+                named = FieldCondition(key="memory_id", match=MatchAny(ids))
+                batch.delete_filters.append(Filter(must=[cube, named]))
+        # A put of the same batch must not write back what is being erased.
+        for point_id, point in list(batch.upserts.items()):
+            if point.payload.get("cube") == erase.cube_id:
+                del batch.upserts[point_id]
+                batch.heads.pop(point_id, None)
+        log.info("erased %s from cube %s", erase.subject or "a subject", erase.cube_id)
 
     def _put(self, batch: _Batch, put: commands_pb2.PutMemory, parent: Any) -> None:
         memory = put.memory
@@ -128,7 +173,7 @@ class Applier:
                 return
             batch.upserts[head_id] = point
             batch.heads[head_id] = point.payload
-        elif memory.version != stored or _request_of(head) != memory.provenance.request_id:
+        elif memory.version != stored or _request_of(head, self._keys) != memory.provenance.request_id:
             log.warning(
                 "skipping version %d of %s: stored version is %d", memory.version, memory.name, stored
             )
@@ -144,7 +189,7 @@ class Applier:
         """
         memory = put.memory
         head_id = records.head_id(memory.cube_id, memory.memory_id)
-        previous = records.memory_of(head) if head else None
+        previous = records.memory_of(head, self._keys) if head else None
         if put.keep_vectors and (
             previous is None or previous.text != memory.text or previous.index_context != memory.index_context
         ):
@@ -155,8 +200,8 @@ class Applier:
         if previous is not None:
             memory.usage.CopyFrom(previous.usage)
             vid = records.version_id(memory.cube_id, memory.memory_id, previous.version)
-            batch.upserts[vid] = IndexPoint(vid, records.payload(previous, Role.VERSION))
-        fields = records.payload(memory, Role.HEAD, usage_seq=records.usage_seq(head))
+            batch.upserts[vid] = IndexPoint(vid, records.payload(previous, Role.VERSION, self._keys))
+        fields = records.payload(memory, Role.HEAD, self._keys, usage_seq=records.usage_seq(head))
         if not put.keep_vectors:
             return IndexPoint(
                 head_id,
@@ -201,15 +246,18 @@ class Applier:
             )
 
 
-def _request_of(head: dict[str, Any] | None) -> str:
-    return records.memory_of(head).provenance.request_id if head else ""
+def _request_of(head: dict[str, Any] | None, keys: SubjectKeys) -> str:
+    return records.memory_of(head, keys).provenance.request_id if head else ""
 
 
 def _event_of(memory: memory_pb2.Memory, parent: Any) -> _Event:
     """created for version 1; the target state's kind for a version that changed state; else updated.
 
     Decided from the command alone, so a redelivered command publishes the same event again.
+    Events carry no content (text, context): the bus is not where access is checked, so a
+    subscriber reads the text with GetMemory, and an erased subject leaves nothing in the stream.
     """
+    memory = without_content(memory)
     change = memory.state_change
     if memory.version == 1:
         kind: EventKind = EventKind.MEMORY_CREATED
@@ -230,6 +278,9 @@ def _event_of(memory: memory_pb2.Memory, parent: Any) -> _Event:
 
 
 def _check(command: commands_pb2.WriteCommand) -> None:
+    if command.HasField("erase"):
+        validation.cube_id(command.erase.cube_id)
+        return
     if command.HasField("put"):
         memory = command.put.memory
         if memory.name != f"cubes/{memory.cube_id}/memories/{memory.memory_id}" or memory.version < 1:
@@ -248,7 +299,9 @@ def _check(command: commands_pb2.WriteCommand) -> None:
         raise InvalidArgument("empty write command")
 
 
-def _head_of(command: commands_pb2.WriteCommand) -> str:
+def _head_of(command: commands_pb2.WriteCommand) -> str | None:
+    if command.HasField("erase"):
+        return None
     if command.HasField("put"):
         return records.head_id(command.put.memory.cube_id, command.put.memory.memory_id)
     cube_id, memory_id = validation.memory_name(command.delete.name)

@@ -54,7 +54,7 @@ CONTEXT_DENSE = "context_dense"
 CONTEXT_SPARSE = "context_bm25"
 # The shard's directory under the data dir; a new layout gets a new name, and the vault
 # rebuilds it by replaying the write log.
-INDEX_DIR = "index-v4"
+INDEX_DIR = "index-v5"
 KEYWORD_FIELDS = ("cube", "memory_id", "role", "kind", "type", "state", "speaker", "session_id", "tags")
 
 

@@ -14,6 +14,7 @@ from enum import StrEnum
 from google.protobuf.timestamp_pb2 import Timestamp
 
 from memos.type.v1 import memory_pb2
+from services.common.sealing import Erased, SubjectKeys, seal, subject_key_id, unseal
 
 _NAMESPACE = uuid.UUID("6f1c2a0e-4d0b-5b0e-9a57-6d656d6f7321")
 
@@ -36,11 +37,18 @@ def _rfc3339(ts: Timestamp) -> str | None:
     return ts.ToJsonString() if ts.seconds or ts.nanos else None
 
 
-def payload(memory: memory_pb2.Memory, role: Role, *, usage_seq: int = 0) -> dict[str, object]:
-    """Filterable fields plus the whole record (the protobuf, base64) for lossless reads.
+def payload(
+    memory: memory_pb2.Memory, role: Role, keys: SubjectKeys, *, usage_seq: int = 0
+) -> dict[str, object]:
+    """Filterable fields plus the whole record (the protobuf, sealed with its subject key, base64)
+    for lossless reads. The key must be known to ``keys`` already (the applier fetched it).
 
     ``usage_seq`` is the last MEMOS_USAGE message folded into the head's usage counts.
     """
+    key_id = subject_key_id(memory.cube_id, memory.provenance.principal)
+    key = keys.cached(key_id)
+    if key is None:
+        raise Erased(key_id)
     sources = memory.provenance.sources
     fields: dict[str, object] = {
         "cube": memory.cube_id,
@@ -53,7 +61,8 @@ def payload(memory: memory_pb2.Memory, role: Role, *, usage_seq: int = 0) -> dic
         "speaker": memory.speaker,
         "session_id": sources[0].session_id if sources else "",
         "tags": list(memory.tags),
-        "record": base64.b64encode(memory.SerializeToString()).decode("ascii"),
+        "key": key_id,
+        "record": base64.b64encode(seal(key_id, key, memory.SerializeToString())).decode("ascii"),
     }
     if usage_seq:
         fields["usage_seq"] = usage_seq
@@ -71,7 +80,27 @@ def tombstone(cube_id: str, memory_id: str, version: int) -> dict[str, object]:
     return {"cube": cube_id, "memory_id": memory_id, "role": Role.TOMBSTONE.value, "version": version}
 
 
-def memory_of(fields: dict[str, object]) -> memory_pb2.Memory:
-    memory = memory_pb2.Memory()
-    memory.ParseFromString(base64.b64decode(str(fields["record"])))
-    return memory
+def memory_of(fields: dict[str, object], keys: SubjectKeys) -> memory_pb2.Memory:
+    """The record, opened; Erased when its subject key was destroyed."""
+    data = base64.b64decode(str(fields["record"]))
+    key_id = fields.get("key")
+    if key_id:
+        key = keys.cached(str(key_id))
+        if key is None:
+            raise Erased(str(key_id))
+        data = unseal(str(key_id), key, data)
+    return memory_pb2.Memory.FromString(data)
+
+
+def readable(payloads: list[dict[str, object]], keys: SubjectKeys) -> list[memory_pb2.Memory]:
+    """The records that can still be opened (an erased subject's points may linger briefly);
+    tombstones have none."""
+    out = []
+    for fields in payloads:
+        if "record" not in fields:
+            continue
+        try:
+            out.append(memory_of(fields, keys))
+        except Erased:
+            continue
+    return out

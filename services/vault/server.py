@@ -9,13 +9,20 @@ from contextlib import AsyncExitStack
 
 from memos.type.v1 import memory_pb2
 from memos.vault.v1 import commands_pb2, vault_pb2, vault_pb2_grpc
+from memos_sdk.wire import Bucket
 from services.common import validation
+from services.common.access import cube_id_at, field_at, memory_cube_at, reads, writes
+from services.common.buckets import open_bucket
 from services.common.bus import open_jetstream, wait_applied
 from services.common.clock import now_timestamp
 from services.common.embedder import Embedder, open_embedder
 from services.common.errors import Aborted, InvalidArgument, NotFound
 from services.common.grpc_host import Component, Registration
+from services.common.injection import relabel
+from services.common.kvmirror import KvMirror
 from services.common.pagination import PageTokens
+from services.common.redaction import RedactionPolicies
+from services.common.sealing import SubjectKeys
 from services.common.writes import publish_write, write_version
 
 from . import records
@@ -34,20 +41,31 @@ UPDATABLE_PATHS = {"text", "tags", "labels", "event_time", "speaker"}
 
 
 class VaultServicer(vault_pb2_grpc.VaultServiceServicer):
-    def __init__(self, settings: VaultSettings, index: EdgeIndex, js, embedder: Embedder) -> None:
+    def __init__(
+        self,
+        settings: VaultSettings,
+        index: EdgeIndex,
+        js,
+        embedder: Embedder,
+        keys: SubjectKeys,
+        policies: RedactionPolicies,
+    ) -> None:
+        self._policies = policies
         self._settings = settings
         self._index = index
         self._js = js
         self._embedder = embedder
+        self._keys = keys
         self._tokens = PageTokens(settings.page_token_secret)
 
     async def _head(self, name: str) -> memory_pb2.Memory:
         cube_id, memory_id = validation.memory_name(name)
         found = await self._index.retrieve([records.head_id(cube_id, memory_id)])
         fields = next(iter(found.values()), None)
-        if not fields or fields.get("role") != Role.HEAD or fields.get("cube") != cube_id:
+        readable = records.readable([fields], self._keys) if fields else []
+        if not readable or fields.get("role") != Role.HEAD or fields.get("cube") != cube_id:
             raise NotFound(f"memory {name} does not exist", reason="MEMORY_NOT_FOUND", name=name)
-        return records.memory_of(fields)
+        return readable[0]
 
     async def GetMemory(self, request, context):
         return await self._head(request.name)
@@ -66,8 +84,9 @@ class VaultServicer(vault_pb2_grpc.VaultServiceServicer):
         memories = []
         for name, point_id in zip(request.names, ids, strict=True):
             fields = found.get(point_id)
-            if fields and fields.get("role") == Role.HEAD and fields.get("cube") == cube_id:
-                memories.append(records.memory_of(fields))
+            readable = records.readable([fields], self._keys) if fields else []
+            if readable and fields.get("role") == Role.HEAD and fields.get("cube") == cube_id:
+                memories.append(readable[0])
             elif not request.allow_missing:
                 raise NotFound(f"memory {name} does not exist", reason="MEMORY_NOT_FOUND", name=name)
         return vault_pb2.BatchGetMemoriesResponse(memories=memories)
@@ -77,12 +96,12 @@ class VaultServicer(vault_pb2_grpc.VaultServiceServicer):
         size = validation.page_size(request.page_size, default=100, maximum=1000)
         query = cube_id.encode() + b"\0" + request.filter.SerializeToString(deterministic=True)
         offset = self._tokens.decode(request.page_token, query)
-        payloads, next_offset = await self._index.scroll(
-            memory_filter(cube_id, Role.HEAD, request.filter), offset, size
-        )
+        flt = memory_filter(cube_id, Role.HEAD, request.filter)
+        payloads, next_offset = await self._index.scroll(flt, offset, size)
         return vault_pb2.ListMemoriesResponse(
-            memories=[records.memory_of(p) for p in payloads],
+            memories=records.readable(payloads, self._keys),
             next_page_token=self._tokens.encode(query, next_offset) if next_offset else "",
+            total_size=await self._index.count(flt),
         )
 
     async def Query(self, request, context):
@@ -121,9 +140,10 @@ class VaultServicer(vault_pb2_grpc.VaultServiceServicer):
             sparse_weight=self._settings.sparse_weight,
         )
         results = [
-            memory_pb2.ScoredMemory(memory=records.memory_of(p), score=s)
+            memory_pb2.ScoredMemory(memory=memory, score=s)
             for p, s in hits
             if p.get("memory_id") != exclude
+            for memory in records.readable([p], self._keys)
         ]
         return vault_pb2.QueryResponse(results=results[:limit])
 
@@ -149,8 +169,11 @@ class VaultServicer(vault_pb2_grpc.VaultServiceServicer):
         request.update_mask.MergeMessage(
             request.memory, updated, replace_message_field=True, replace_repeated_field=True
         )
+        redactor = self._policies.for_cube(current.cube_id)
+        updated.text, updated.speaker = redactor.redact(updated.text), redactor.redact(updated.speaker)
         if not updated.text.strip():
             raise InvalidArgument("text must not be empty", reason="EMPTY_TEXT")
+        relabel(updated)
         updated.version = current.version + 1
         updated.update_time.CopyFrom(now_timestamp())
         updated.ClearField("state_change")  # set only on versions that changed state
@@ -166,6 +189,7 @@ class VaultServicer(vault_pb2_grpc.VaultServiceServicer):
         put = commands_pb2.PutMemory(memory=updated, embedding=embedding, context_embedding=context)
         await write_version(
             self._js,
+            self._keys,
             put,
             request_id=request_id,
             wait_applied_seconds=self._settings.wait_applied_timeout_seconds,
@@ -195,7 +219,7 @@ class VaultServicer(vault_pb2_grpc.VaultServiceServicer):
         while True:
             flt = memory_filter(head.cube_id, Role.VERSION, memory_id=head.memory_id)
             payloads, cursor = await self._index.scroll(flt, cursor, 256)
-            older += [records.memory_of(p) for p in payloads]
+            older += records.readable(payloads, self._keys)
             if cursor is None:
                 break
         versions = [head, *sorted(older, key=lambda m: m.version, reverse=True)]
@@ -207,6 +231,19 @@ class VaultServicer(vault_pb2_grpc.VaultServiceServicer):
         )
 
 
+# The vault checks the caller's role on the cube named in every request itself (a scheduler or
+# lifecycle passes its caller's token on), and every query is confined to that cube.
+ACCESS = {
+    "GetMemory": reads(memory_cube_at(), field_at("name")),
+    "BatchGetMemories": reads(cube_id_at()),
+    "ListMemories": reads(cube_id_at()),
+    "Query": reads(cube_id_at()),
+    "UpdateMemory": writes(memory_cube_at("memory.name"), field_at("memory.name")),
+    "DeleteMemory": writes(memory_cube_at(), field_at("name")),
+    "ListVersions": reads(memory_cube_at(), field_at("name")),
+}
+
+
 async def setup(stack: AsyncExitStack, settings: VaultSettings) -> Component:
     js = await open_jetstream(stack, settings.nats_url, "vault")
     embedder = open_embedder(stack, settings)
@@ -216,13 +253,16 @@ async def setup(stack: AsyncExitStack, settings: VaultSettings) -> Component:
     await index.open()
     stack.push_async_callback(index.close)
     consumers = dict(batch_size=settings.apply_batch_size, ack_wait_seconds=settings.apply_ack_wait_seconds)
-    writes = await Applier(js, index, **consumers).worker()
-    usage = await UsageFolder(js, index, **consumers).worker()
+    keys = await SubjectKeys.start(stack, js)
+    writes = await Applier(js, index, keys, **consumers).worker()
+    usage = await UsageFolder(js, index, keys, **consumers).worker()
 
     async def stop() -> None:
         await asyncio.gather(writes.stop(), usage.stop())
 
-    servicer = VaultServicer(settings, index, js, embedder)
+    policies = KvMirror(await open_bucket(js, Bucket.POLICIES))
+    await policies.start(stack)
+    servicer = VaultServicer(settings, index, js, embedder, keys, RedactionPolicies(policies))
     return Component(
         registrations=[
             Registration.of(
@@ -230,6 +270,7 @@ async def setup(stack: AsyncExitStack, settings: VaultSettings) -> Component:
                 "VaultService",
                 vault_pb2_grpc.add_VaultServiceServicer_to_server,
                 servicer,
+                ACCESS,
             )
         ],
         background=[writes.run, usage.run],

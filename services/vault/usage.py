@@ -19,6 +19,7 @@ from memos.vault.v1 import commands_pb2
 from memos_sdk.wire import SUBJECT_PREFIX, Stream
 from services.common import validation
 from services.common.bus import VAULT_USAGE_CONSUMER, PullWorker, durable_worker
+from services.common.sealing import Erased, SubjectKeys
 
 from . import records
 from .index import EdgeIndex, IndexPoint
@@ -37,7 +38,16 @@ class _Tally:
 
 
 class UsageFolder:
-    def __init__(self, js: JetStreamContext, index: EdgeIndex, *, batch_size: int, ack_wait_seconds: float):
+    def __init__(
+        self,
+        js: JetStreamContext,
+        index: EdgeIndex,
+        keys: SubjectKeys,
+        *,
+        batch_size: int,
+        ack_wait_seconds: float,
+    ):
+        self._keys = keys
         self._js = js
         self._index = index
         self._batch_size = batch_size
@@ -92,11 +102,14 @@ class UsageFolder:
                             tally.last.CopyFrom(record.time)
             points = []
             for point_id, tally in tallies.items():
-                memory = records.memory_of(heads[point_id])
+                try:
+                    memory = records.memory_of(heads[point_id], self._keys)
+                except Erased:
+                    continue  # its subject was erased; the point goes with it
                 memory.usage.access_count += tally.count
                 if tally.last.ToNanoseconds() > memory.usage.last_access_time.ToNanoseconds():
                     memory.usage.last_access_time.CopyFrom(tally.last)
-                fields = records.payload(memory, Role.HEAD, usage_seq=tally.seq)
+                fields = records.payload(memory, Role.HEAD, self._keys, usage_seq=tally.seq)
                 points.append(IndexPoint(point_id, fields, keep_vectors=True))
             await self._index.write(points, [])
         for position, (msg, _, _) in enumerate(wanted):

@@ -4,7 +4,6 @@ usage-driven promotion and decay, and conflict resolution."""
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 import datetime as dt
 import time
 from pathlib import Path
@@ -140,20 +139,18 @@ async def test_ttl_expiry_and_rollback_work_across_a_lifecycle_restart(
     async with in_process_mesh(nats, triton_addr, tmp_path) as mesh:
         name = await _add(mesh.client, cube, "Alice's locker code is 4711.", "t1")
         await mesh.client.update(name, text="Alice's locker code is 9000.")
-        settings = lifecycle_settings(nats.url, f"127.0.0.1:{mesh.vault.port}", **QUIET)
+        settings = lifecycle_settings(
+            nats.url, f"127.0.0.1:{mesh.vault.port}", mesh.keys, mesh.endpoints.governance, **QUIET
+        )
         async with ServiceHost("lifecycle", settings, lifecycle_setup) as first:
-            client = MemosClient(
-                dataclasses.replace(mesh.client.endpoints, lifecycle=f"127.0.0.1:{first.port}")
-            )
+            client = mesh.client_as(mesh.keys.admin_key, lifecycle=f"127.0.0.1:{first.port}")
             async with client:
                 await client.set_policy(cube, ttl=dt.timedelta(seconds=4), resolve_conflicts=False)
         await asyncio.sleep(4.5)  # the TTL passes while no lifecycle runs
         assert (await mesh.client.get(name)).state == S.MEMORY_STATE_GENERATED
 
         async with ServiceHost("lifecycle", settings, lifecycle_setup) as second:
-            client = MemosClient(
-                dataclasses.replace(mesh.client.endpoints, lifecycle=f"127.0.0.1:{second.port}")
-            )
+            client = mesh.client_as(mesh.keys.admin_key, lifecycle=f"127.0.0.1:{second.port}")
             async with client:
                 assert (await client.get_policy(cube)).ttl.seconds == 4
                 expired = await _until(lambda: _state_is(client, name, S.MEMORY_STATE_EXPIRED), "expired")

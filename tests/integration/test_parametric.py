@@ -143,7 +143,10 @@ async def test_promote_and_adapter_use_reject_bad_requests(nats, inference, tmp_
                 )
             )
         assert rpc_err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
-        for name, code in (("operations/nope", "INVALID_ARGUMENT"), ("operations/" + "0" * 32, "NOT_FOUND")):
+        for name, code in (
+            ("operations/nope", "INVALID_ARGUMENT"),
+            ("cubes/pets/operations/" + "0" * 32, "NOT_FOUND"),
+        ):
             with pytest.raises(MemosAPIError) as err:
                 await client.get_operation(name)
             assert err.value.code.name == code

@@ -21,7 +21,7 @@ from services.launcher.mesh import health_status
 from services.reader.server import setup as reader_setup
 from services.vault.index import INDEX_DIR
 from services.vault.server import setup as vault_setup
-from tests.conftest import ROOT, free_port, service_settings, wait_for
+from tests.conftest import ROOT, free_port, mesh_keys, mint_token, service_settings, wait_for
 
 pytestmark = [pytest.mark.integration, pytest.mark.reliability]
 
@@ -51,6 +51,7 @@ class VaultProcess:
             "MEMOS_VAULT_INFERENCE_ADDR": triton_addr,
             "MEMOS_VAULT_DATA_DIR": str(data_dir),
             "MEMOS_VAULT_APPLY_BATCH_SIZE": "64",
+            "MEMOS_VAULT_AUTH_PUBLIC_KEY_FILE": str(mesh_keys(data_dir.parent).public_key),
         }
         self._log = log
         self.proc: subprocess.Popen | None = None
@@ -93,11 +94,11 @@ async def test_acknowledged_writes_survive_kill_9_of_the_vault(nats, triton_addr
     settings = service_settings(nats.url, triton_addr, tmp_path)
     acked: list[str] = []
     try:
-        async with ServiceHost("reader", settings["reader"], reader_setup) as reader:
+        async with ServiceHost("reader", settings["reader"](vault.addr), reader_setup) as reader:
             endpoints = Endpoints(
                 reader=f"127.0.0.1:{reader.port}", vault=vault.addr, scheduler="unused:1", nats_url=nats.url
             )
-            async with MemosClient(endpoints) as client:
+            async with MemosClient(endpoints, token=mint_token(settings["keys"])) as client:
                 killed = asyncio.Event()
 
                 async def writer(batches: range) -> None:
@@ -124,9 +125,11 @@ async def test_a_vault_with_an_empty_index_rebuilds_it_from_the_log(nats, triton
     settings = service_settings(nats.url, triton_addr, tmp_path)
     vault_settings = settings["vault"]
     async with ServiceHost("vault", vault_settings, vault_setup) as vault:
-        async with ServiceHost("reader", settings["reader"], reader_setup) as reader:
+        async with ServiceHost(
+            "reader", settings["reader"](f"127.0.0.1:{vault.port}"), reader_setup
+        ) as reader:
             endpoints = Endpoints(f"127.0.0.1:{reader.port}", f"127.0.0.1:{vault.port}", "unused:1", nats.url)
-            async with MemosClient(endpoints) as client:
+            async with MemosClient(endpoints, token=mint_token(settings["keys"])) as client:
                 added = []
                 for b in range(3):
                     added += (await client.add_messages(cube, _batch(b), wait_applied=True)).memory_names
@@ -136,7 +139,7 @@ async def test_a_vault_with_an_empty_index_rebuilds_it_from_the_log(nats, triton
 
     async with ServiceHost("vault", vault_settings, vault_setup) as vault:
         endpoints = Endpoints("unused:1", f"127.0.0.1:{vault.port}", "unused:1", nats.url)
-        async with MemosClient(endpoints) as client:
+        async with MemosClient(endpoints, token=mint_token(settings["keys"])) as client:
             await _wait_until_log_applied(nats.url, timeout_seconds=120)
             count, names = await _count_all(client, cube)
             assert count == len(added) - 1

@@ -65,6 +65,8 @@ async def test_a_job_whose_trainer_is_killed_is_finished_by_the_next(
             "MEMOS_TRAINER_EPOCHS": "8",
             "MEMOS_TRAINER_REPLAY_POOL": "8",
             "MEMOS_TRAINER_EVAL_QUESTIONS": "1",
+            "MEMOS_TRAINER_SERVICE_API_KEY": mesh.keys.service_key,
+            "MEMOS_TRAINER_GOVERNANCE_ADDR": mesh.endpoints.governance,
         }
         first, _ = _trainer(env, tmp_path / "trainer-1.log")
         reply = await client.promote(cube)

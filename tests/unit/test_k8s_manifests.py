@@ -41,3 +41,20 @@ def test_each_service_is_probed_hardened_and_wired(service):
     assert container["resources"]["requests"] and container["resources"]["limits"]["memory"]
     assert container["args"] == ["python", "-m", f"services.{service}"]
     assert env[f"MEMOS_{service.upper()}_NATS_URL"] == "nats://nats:4222" or service == "inference"
+
+
+@pytest.mark.parametrize("service", [s for s in SERVICES if s != "inference"])
+def test_each_service_verifies_tokens_and_only_governance_holds_the_signing_key(service):
+    docs = {d["kind"]: d for d in _docs(BASE / f"{service}.yaml")}
+    workload = docs.get("Deployment") or docs["StatefulSet"]
+    pod = workload["spec"]["template"]["spec"]
+    (container,) = pod["containers"]
+    env = {e["name"]: e for e in container["env"]}
+    prefix = f"MEMOS_{service.upper()}_"
+    mounts = {m["mountPath"]: m["name"] for m in container["volumeMounts"]}
+    volumes = {v["name"]: v for v in pod["volumes"]}
+    key_file = env[prefix + "AUTH_PUBLIC_KEY_FILE"]["value"]
+    assert volumes[mounts[key_file.rsplit("/", 1)[0]]]["secret"]["secretName"] == "memos-auth"
+    assert env[prefix + "SERVICE_API_KEY"]["valueFrom"]["secretKeyRef"]["name"] == "memos-auth"
+    signing = [v for v in volumes.values() if v.get("secret", {}).get("secretName") == "memos-signing-key"]
+    assert bool(signing) == (service == "governance")

@@ -18,7 +18,9 @@ def read_bundles(path: Path) -> Iterator[Bundle]:
     or a plain list of messages, taken as one session)."""
     text = Path(path).read_text()
     if Path(path).suffix == ".jsonl":
-        for line_no, line in enumerate(text.splitlines(), 1):
+        # JSON Lines are split at "\n" only: splitlines() would also split inside strings that
+        # hold U+2028 and the like (LongMemEval has them).
+        for line_no, line in enumerate(text.split("\n"), 1):
             if line.strip():
                 try:
                     yield json.loads(line)

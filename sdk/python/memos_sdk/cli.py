@@ -17,6 +17,7 @@ from memos.scheduler.v1 import scheduler_pb2
 from memos.type.v1 import memory_pb2
 
 from .bundles import count_turns, ingest_bundle, read_bundles
+from .cli_governance import add_commands as add_governance_commands
 from .client import MemosClient
 from .endpoints import Endpoints
 from .errors import MemosAPIError
@@ -36,6 +37,25 @@ STATES = {
     for name, value in memory_pb2.MemoryState.items()
     if value != memory_pb2.MEMORY_STATE_UNSPECIFIED
 }
+
+
+PII_KINDS = {
+    name.removeprefix("PII_KIND_").lower(): value
+    for name, value in lifecycle_pb2.PiiKind.items()
+    if value != lifecycle_pb2.PII_KIND_UNSPECIFIED
+}
+
+
+def _pii_kinds(value: str) -> list[int]:
+    names = [v.strip().lower() for v in value.split(",") if v.strip() and v.strip().lower() != "none"]
+    unknown = [n for n in names if n not in PII_KINDS]
+    if unknown:
+        raise argparse.ArgumentTypeError(f"unknown kinds {unknown}; choose from {sorted(PII_KINDS)}")
+    return [PII_KINDS[n] for n in names]
+
+
+def _names(value: str) -> list[str]:
+    return [v.strip() for v in value.split(",") if v.strip()]
 
 
 def _state(value: int) -> str:
@@ -263,7 +283,15 @@ async def cmd_rollback(client: MemosClient, args: argparse.Namespace) -> int:
 
 
 async def cmd_policy(client: MemosClient, args: argparse.Namespace) -> int:
-    changes = (args.ttl, args.half_life, args.archive_below, args.promote_at, args.conflicts)
+    changes = (
+        args.ttl,
+        args.half_life,
+        args.archive_below,
+        args.promote_at,
+        args.conflicts,
+        args.redact,
+        args.redact_names,
+    )
     if any(c is not None for c in changes):
         current = await client.get_policy(args.cube)
 
@@ -281,6 +309,8 @@ async def cmd_policy(client: MemosClient, args: argparse.Namespace) -> int:
             if args.promote_at is not None
             else current.promote_access_count,
             resolve_conflicts=(args.conflicts == "on") if args.conflicts else current.resolve_conflicts,
+            redact=current.redaction.kinds if args.redact is None else args.redact,
+            redact_names=current.redaction.names if args.redact_names is None else args.redact_names,
         )
     else:
         policy = await client.get_policy(args.cube)
@@ -320,7 +350,9 @@ def build_parser() -> argparse.ArgumentParser:
         prog="memos",
         description="Store and find memories in a MemOS mesh. Start one with `make run`.",
         epilog="Endpoints: MEMOS_PORT_BASE (local mesh, default 50050) or MEMOS_READER_ADDR, "
-        "MEMOS_VAULT_ADDR, MEMOS_SCHEDULER_ADDR, MEMOS_LIFECYCLE_ADDR, MEMOS_NATS_URL.",
+        "MEMOS_VAULT_ADDR, MEMOS_SCHEDULER_ADDR, MEMOS_LIFECYCLE_ADDR, MEMOS_GOVERNANCE_ADDR, MEMOS_NATS_URL. "
+        "Identity: MEMOS_API_KEY, else the key `make run` saved in ~/.config/memos/credentials.json "
+        "(MEMOS_CREDENTIALS_FILE).",
     )
     parser.add_argument("--timeout", type=float, default=120, help="seconds per request (default 120)")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
@@ -416,6 +448,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--archive-below", type=float, help="archive memories whose importance falls below this")
     p.add_argument("--promote-at", type=int, help="activate memories used this many times (0: never)")
     p.add_argument("--conflicts", choices=("on", "off"), help="merge restatements, supersede contradictions")
+    p.add_argument(
+        "--redact",
+        type=_pii_kinds,
+        metavar="KINDS",
+        help="mask before storing: comma-separated email, phone, card, address (none: stop masking)",
+    )
+    p.add_argument(
+        "--redact-names",
+        type=_names,
+        metavar="NAMES",
+        help="comma-separated names masked as [NAME] ('' for none)",
+    )
     p.set_defaults(run=cmd_policy)
 
     p = sub.add_parser("chat", help="talk with a model that remembers the cube (interactive)")
@@ -453,13 +497,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(run=cmd_promote)
 
     p = sub.add_parser("operation", help="show a long-running operation (a distillation)")
-    p.add_argument("name", help="operations/{id}")
+    p.add_argument("name", help="cubes/{cube}/operations/{id}")
     p.set_defaults(run=cmd_operation)
 
     p = sub.add_parser("preload", help="build the cube's activation memory (KV cache) now")
     p.add_argument("--cube", required=True)
     p.add_argument("hint", nargs="*", metavar="HINT", help="what the next turn is about (next-scene hint)")
     p.set_defaults(run=cmd_preload)
+
+    add_governance_commands(sub)
 
     p = sub.add_parser("watch", help="print memory-change events as they happen")
     p.add_argument("--cube", default="*", help="one cube (default: every cube)")
@@ -481,6 +527,11 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {err}", file=sys.stderr)
         if err.code.name == "UNAVAILABLE":
             print("hint: is the mesh running? start it with `make run`", file=sys.stderr)
+        if err.code.name == "UNAUTHENTICATED":
+            print(
+                "hint: set MEMOS_API_KEY, or start the mesh with `make run` (it saves the admin's key)",
+                file=sys.stderr,
+            )
         return 1
     except KeyboardInterrupt:
         return 130

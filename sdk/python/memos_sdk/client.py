@@ -12,6 +12,7 @@ from typing import Any
 import grpc
 from google.protobuf import duration_pb2, field_mask_pb2
 
+from memos.governance.v1 import governance_pb2, governance_pb2_grpc
 from memos.lifecycle.v1 import lifecycle_pb2, lifecycle_pb2_grpc
 from memos.reader.v1 import reader_pb2, reader_pb2_grpc
 from memos.scheduler.v1 import scheduler_pb2, scheduler_pb2_grpc
@@ -19,6 +20,8 @@ from memos.type.v1 import memory_pb2
 from memos.vault.v1 import vault_pb2, vault_pb2_grpc
 
 from ._tracing import trace_interceptors
+from .auth import TokenSource, auth_interceptors, find_api_key
+from .channels import Tls, aio_channel
 from .endpoints import Endpoints
 from .errors import MemosAPIError
 from .events import Event, decode_event
@@ -52,20 +55,44 @@ async def _api_errors() -> AsyncIterator[None]:
 class MemosClient:
     """``async with MemosClient() as memos: await memos.search("demo", "where does alice live?")``.
 
-    Failures raise MemosAPIError with the status code and the server's reason.
+    Calls carry a token: from ``token`` as given, or issued for ``api_key`` (default: found as
+    memos_sdk.auth says, e.g. the key `make run` saved). ``tls`` (default: from MEMOS_TLS_*)
+    speaks mutual TLS to a mesh that runs with it. Failures raise MemosAPIError with the
+    status code and the server's reason.
     """
 
-    def __init__(self, endpoints: Endpoints | None = None, *, timeout_seconds: float = 60.0) -> None:
+    def __init__(
+        self,
+        endpoints: Endpoints | None = None,
+        *,
+        api_key: str | None = None,
+        token: str | None = None,
+        tls: Tls | None = None,
+        timeout_seconds: float = 60.0,
+    ) -> None:
         self.endpoints = endpoints or Endpoints.from_env()
         self.timeout = timeout_seconds
+        governance = self.endpoints.governance or Endpoints.local().governance
+        key = api_key or (None if token else find_api_key(governance))
+        tls = tls or Tls.from_env()
+        self._tokens = TokenSource(governance, key, tls=tls) if key else None
+        self._fixed_token = token
+        interceptors = [*trace_interceptors(), *auth_interceptors(self._token)]
         addrs = [self.endpoints.reader, self.endpoints.vault, self.endpoints.scheduler]
         # Without a lifecycle address its calls go to the vault, which answers UNIMPLEMENTED.
         addrs.append(self.endpoints.lifecycle or self.endpoints.vault)
-        self._channels = [grpc.aio.insecure_channel(a, interceptors=trace_interceptors()) for a in addrs]
+        addrs.append(governance)
+        self._channels = [aio_channel(a, tls, interceptors) for a in addrs]
         self.reader = reader_pb2_grpc.ReaderServiceStub(self._channels[0])
         self.vault = vault_pb2_grpc.VaultServiceStub(self._channels[1])
         self.scheduler = scheduler_pb2_grpc.SchedulerServiceStub(self._channels[2])
         self.lifecycle = lifecycle_pb2_grpc.LifecycleServiceStub(self._channels[3])
+        self.governance = governance_pb2_grpc.GovernanceServiceStub(self._channels[4])
+
+    async def _token(self) -> str | None:
+        if self._fixed_token:
+            return self._fixed_token
+        return await self._tokens.token() if self._tokens is not None else None
 
     async def __aenter__(self) -> MemosClient:
         return self
@@ -76,6 +103,8 @@ class MemosClient:
     async def close(self) -> None:
         for channel in self._channels:
             await channel.close()
+        if self._tokens is not None:
+            await self._tokens.close()
 
     # -- writes ---------------------------------------------------------------------------
 
@@ -326,13 +355,17 @@ class MemosClient:
         archive_threshold: float = 0.0,
         promote_access_count: int = 0,
         resolve_conflicts: bool = True,
+        redact: Iterable[int] = (),
+        redact_names: Iterable[str] = (),
     ) -> lifecycle_pb2.Policy:
-        """Replace the cube's life-cycle policy (unset durations mean never)."""
+        """Replace the cube's life-cycle policy (unset durations mean never). ``redact``
+        (lifecycle_pb2.PII_KIND_*) and ``redact_names`` are masked before anything is stored."""
         policy = lifecycle_pb2.Policy(
             name=f"cubes/{cube_id}/policy",
             archive_threshold=archive_threshold,
             promote_access_count=promote_access_count,
             resolve_conflicts=resolve_conflicts,
+            redaction=lifecycle_pb2.Redaction(kinds=list(redact), names=list(redact_names)),
         )
         for field, value in (("ttl", ttl), ("decay_half_life", decay_half_life)):
             if value is not None:
@@ -343,6 +376,84 @@ class MemosClient:
             return await self.lifecycle.SetPolicy(
                 lifecycle_pb2.SetPolicyRequest(policy=policy), timeout=self.timeout
             )
+
+    # -- governance -----------------------------------------------------------------------
+
+    async def create_principal(
+        self,
+        principal_id: str,
+        *,
+        kind: int = governance_pb2.PRINCIPAL_KIND_USER,
+        display_name: str = "",
+        admin: bool = False,
+        request_id: str = "",
+    ) -> governance_pb2.CreatePrincipalResponse:
+        """A new principal (admins only); the response holds its API key, shown this once."""
+        request = governance_pb2.CreatePrincipalRequest(
+            principal=governance_pb2.Principal(
+                name=f"principals/{principal_id}", kind=kind, display_name=display_name, admin=admin
+            ),
+            request_id=request_id or uuid.uuid4().hex,
+        )
+        async with _api_errors():
+            return await self.governance.CreatePrincipal(request, timeout=self.timeout)
+
+    async def share(self, cube_id: str, principal: str, role: int) -> governance_pb2.CubeAccess:
+        """Grant ``principal`` (principals/{id}) READER or WRITER on the cube; role 0 revokes."""
+        access = governance_pb2.CubeAccess(cube_id=cube_id, principal=principal, role=role)
+        async with _api_errors():
+            return await self.governance.SetCubeAccess(
+                governance_pb2.SetCubeAccessRequest(access=access), timeout=self.timeout
+            )
+
+    async def revoke(self, cube_id: str, principal: str) -> governance_pb2.CubeAccess:
+        return await self.share(cube_id, principal, governance_pb2.CUBE_ROLE_UNSPECIFIED)
+
+    async def access(self, cube_id: str) -> list[governance_pb2.CubeAccess]:
+        """Who holds which role on the cube (its owner first)."""
+        async with _api_errors():
+            reply = await self.governance.ListCubeAccess(
+                governance_pb2.ListCubeAccessRequest(cube_id=cube_id), timeout=self.timeout
+            )
+        return list(reply.grants)
+
+    async def check_access(
+        self, cube_id: str, *, role: int = governance_pb2.CUBE_ROLE_READER, principal: str = ""
+    ) -> governance_pb2.CheckAccessResponse:
+        async with _api_errors():
+            return await self.governance.CheckAccess(
+                governance_pb2.CheckAccessRequest(cube_id=cube_id, principal=principal, role=role),
+                timeout=self.timeout,
+            )
+
+    async def audit(
+        self, *, cube_id: str = "", principal: str = "", denied_only: bool = False, page_size: int = 1000
+    ) -> AsyncIterator[governance_pb2.AuditRecord]:
+        """Audit records in chain order (all of them for an admin; a cube's for its owner)."""
+        token = ""
+        while True:
+            request = governance_pb2.ListAuditRequest(
+                cube_id=cube_id,
+                principal=principal,
+                denied_only=denied_only,
+                page_size=page_size,
+                page_token=token,
+            )
+            async with _api_errors():
+                page = await self.governance.ListAudit(request, timeout=self.timeout)
+            for record in page.records:
+                yield record
+            token = page.next_page_token
+            if not token:
+                return
+
+    async def erase(self, subject: str, *, request_id: str = "") -> governance_pb2.EraseSubjectResponse:
+        """Erase ``cubes/{cube}`` or ``principals/{id}`` and everything derived from it (admins)."""
+        request = governance_pb2.EraseSubjectRequest(
+            subject_id=subject, request_id=request_id or uuid.uuid4().hex
+        )
+        async with _api_errors():
+            return await self.governance.EraseSubject(request, timeout=max(self.timeout, 300))
 
     # -- events ---------------------------------------------------------------------------
 

@@ -59,16 +59,24 @@ class Endpoints:
     scheduler: str
     nats_url: str
     lifecycle: str = ""
+    governance: str = ""
 
     @classmethod
     def local(cls, base: int = DEFAULT_PORT_BASE) -> Endpoints:
         p = LocalPorts(base)
-        return cls(p.addr("reader"), p.addr("vault"), p.addr("scheduler"), p.nats_url, p.addr("lifecycle"))
+        return cls(
+            p.addr("reader"),
+            p.addr("vault"),
+            p.addr("scheduler"),
+            p.nats_url,
+            p.addr("lifecycle"),
+            p.addr("governance"),
+        )
 
     @classmethod
     def from_env(cls) -> Endpoints:
         """MEMOS_READER_ADDR, MEMOS_VAULT_ADDR, MEMOS_SCHEDULER_ADDR, MEMOS_LIFECYCLE_ADDR,
-        MEMOS_NATS_URL override the local mesh at MEMOS_PORT_BASE (default 50050)."""
+        MEMOS_GOVERNANCE_ADDR, MEMOS_NATS_URL override the local mesh at MEMOS_PORT_BASE (default 50050)."""
         local = cls.local(int(os.environ.get("MEMOS_PORT_BASE", DEFAULT_PORT_BASE)))
         return cls(
             reader=os.environ.get("MEMOS_READER_ADDR", local.reader),
@@ -76,4 +84,5 @@ class Endpoints:
             scheduler=os.environ.get("MEMOS_SCHEDULER_ADDR", local.scheduler),
             nats_url=os.environ.get("MEMOS_NATS_URL", local.nats_url),
             lifecycle=os.environ.get("MEMOS_LIFECYCLE_ADDR", local.lifecycle),
+            governance=os.environ.get("MEMOS_GOVERNANCE_ADDR", local.governance),
         )

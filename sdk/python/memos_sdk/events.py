@@ -16,6 +16,7 @@ PAYLOAD_TYPES: dict[str, type[Message]] = {
     EventKind.MEMORY_DELETED.ce_type: events_pb2.MemoryDeleted,
     EventKind.KV_BUILT.ce_type: events_pb2.KvBuilt,
     EventKind.ADAPTER_TRAINED.ce_type: events_pb2.AdapterTrained,
+    EventKind.CUBE_ERASED.ce_type: events_pb2.CubeErased,
 }
 
 

@@ -27,6 +27,9 @@ class Stream(StrEnum):
     EVENTS = "MEMOS_EVENTS"  # memory-change events for subscribers
     USAGE = "MEMOS_USAGE"  # which memories searches returned (usage counts), kept a while
     JOBS = "MEMOS_JOBS"  # work queue of long-running jobs (distillation), each taken once
+    AUDIT_INBOX = "MEMOS_AUDIT_INBOX"  # access decisions as services make them, until governance chains them
+    AUDIT = "MEMOS_AUDIT"  # the hash-chained audit log: append-only (no delete, no purge)
+    SUBJECT_KEYS = "MEMOS_SUBJECT_KEYS"  # one data key per (cube, principal), destroyed on erasure
 
 
 class Bucket(StrEnum):
@@ -35,6 +38,8 @@ class Bucket(StrEnum):
     ACTIVATION = "MEMOS_ACTIVATION"  # cube id -> memos.type.v1.Activation (its current KV cache)
     POLICIES = "MEMOS_POLICIES"  # cube id -> memos.lifecycle.v1.Policy
     OPERATIONS = "MEMOS_OPERATIONS"  # operation id -> memos.lifecycle.v1.Operation
+    ACL = "MEMOS_ACL"  # cube id -> memos.governance.v1.CubeAcl (owner and grants)
+    PRINCIPALS = "MEMOS_PRINCIPALS"  # "p.<id>" -> StoredPrincipal, "k.<key id>" -> ApiKeyRecord
 
 
 class EventKind(StrEnum):
@@ -52,6 +57,7 @@ class EventKind(StrEnum):
     MEMORY_SUPERSEDED = "memory.superseded"
     KV_BUILT = "kv.built"
     ADAPTER_TRAINED = "adapter.trained"
+    CUBE_ERASED = "cube.erased"
 
     @property
     def ce_type(self) -> str:
@@ -69,6 +75,8 @@ class Header(StrEnum):
     CE_TIME = "ce-time"
     CONTENT_TYPE = "content-type"
     MSG_ID = "Nats-Msg-Id"
+    # On the write log: the subject key (<cube>.<principal id>) a command is sealed with.
+    SUBJECT_KEY = "Memos-Subject-Key"
     TRACEPARENT = "traceparent"
 
 
@@ -98,3 +106,16 @@ def events_subject(cube_id: str, kind: EventKind | str = ">") -> str:
 
 def memory_name(cube_id: str, memory_id: str) -> str:
     return f"cubes/{cube_id}/memories/{memory_id}"
+
+
+# Audit records of decisions that name no cube (principals, tokens) use this subject token.
+NO_CUBE = "_"
+
+
+def audit_inbox_subject(cube_id: str) -> str:
+    return f"{SUBJECT_PREFIX}.audit-inbox.{cube_id or NO_CUBE}"
+
+
+def audit_subject(cube_id: str) -> str:
+    """The chained audit records of a cube ("*" for every cube, NO_CUBE for none)."""
+    return f"{SUBJECT_PREFIX}.audit.{cube_id or NO_CUBE}"
