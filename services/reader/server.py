@@ -11,6 +11,7 @@ import re
 import uuid
 from contextlib import AsyncExitStack
 
+import grpc
 from google.protobuf import timestamp_pb2
 
 from memos.reader.v1 import reader_pb2, reader_pb2_grpc
@@ -25,7 +26,7 @@ from services.common.bus import open_jetstream, wait_applied
 from services.common.clients import EVERY_MEMORY, forward_errors, open_channel
 from services.common.clock import now_timestamp
 from services.common.embedder import Embedder, open_embedder
-from services.common.errors import InvalidArgument, ResourceExhausted
+from services.common.errors import InvalidArgument, MemosError, ResourceExhausted
 from services.common.grpc_host import Component, Registration
 from services.common.injection import LABEL as INJECTION_LABEL
 from services.common.injection import instruction_rules
@@ -141,10 +142,17 @@ class ReaderServicer(reader_pb2_grpc.ReaderServiceServicer):
         if not limit:
             return
         request = vault_pb2.ListMemoriesRequest(cube_id=cube_id, page_size=1, filter=EVERY_MEMORY)
-        async with forward_errors("vault"):
-            held = (
-                await self._vault.ListMemories(request, timeout=self._settings.vault_timeout_seconds)
-            ).total_size
+        try:
+            async with forward_errors("vault"):
+                reply = await self._vault.ListMemories(request, timeout=self._settings.vault_timeout_seconds)
+        except MemosError as err:
+            if err.code not in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED):
+                raise
+            # Writes go to the log, not the vault: a vault that is down must not stop them. The
+            # limit is soft; it is checked again on the next write.
+            log.warning("cube size of %s unknown (%s); writing without the limit check", cube_id, err)
+            return
+        held = reply.total_size
         if held + adding > limit:
             raise ResourceExhausted(
                 f"cube {cube_id} holds {held} memories; {adding} more would pass its limit of {limit}",

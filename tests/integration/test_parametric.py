@@ -23,7 +23,8 @@ from services.common.generation import GenerateRequest, GenerateResult, open_gen
 from services.common.settings import GeneratorSettings
 from tests.conftest import in_process_mesh
 
-pytestmark = pytest.mark.integration
+# LoRA training on two CPU cores: slow, slower still on a busy machine.
+pytestmark = [pytest.mark.integration, pytest.mark.timeout(1800)]
 
 FACTS = ["My cat is called Pepperoni.", "I was born in Tromsø.", "My dentist is Dr. Okafor."]
 # Few steps, a small replay pool: enough for three facts, quick on two cores.

@@ -17,7 +17,8 @@ from memos.type.v1 import memory_pb2
 from services.launcher.mesh import health_status
 from tests.conftest import ROOT, free_port, in_process_mesh, wait_for
 
-pytestmark = [pytest.mark.integration, pytest.mark.reliability]
+# LoRA training on two CPU cores: slow, slower still on a busy machine.
+pytestmark = [pytest.mark.integration, pytest.mark.reliability, pytest.mark.timeout(1800)]
 
 FACTS = ["My cat is called Pepperoni.", "I was born in Tromsø."]
 

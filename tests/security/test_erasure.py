@@ -50,7 +50,7 @@ async def _erase(client, subject: str) -> governance_pb2.EraseSubjectResponse:
     return await client.erase(subject)
 
 
-@pytest.mark.timeout(900)
+@pytest.mark.timeout(1800)  # trains two adapters
 async def test_erasing_a_principal_then_a_cube_leaves_nothing_behind(nats, inference, tmp_path):
     marker = f"Zq{uuid.uuid4().hex[:10]}"
     kept = f"Kp{uuid.uuid4().hex[:10]}"
