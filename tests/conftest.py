@@ -95,11 +95,11 @@ class Inference:
     blobs: Path  # its object store (a directory)
 
 
-@pytest.fixture(scope="session")
-def inference(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Inference]:
-    """The inference service as a real process: PyTriton serving embed, generate and kv_build."""
+@contextlib.contextmanager
+def running_inference(log_dir: Path, **env: str) -> Iterator[tuple[Inference, subprocess.Popen]]:
+    """The inference service as a real process: PyTriton serving embed, generate and kv_build
+    (``MEMOS_INFERENCE_*`` overrides in ``env``)."""
     grpc_port, health_port = free_port(), free_port()
-    log_dir = tmp_path_factory.mktemp("inference")
     blobs = log_dir / "blobs"
     env = {
         **os.environ,
@@ -109,6 +109,7 @@ def inference(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Inference]:
         "MEMOS_INFERENCE_TRITON_METRICS_PORT": str(free_port()),
         "MEMOS_INFERENCE_LOG_DIR": str(log_dir),
         "MEMOS_INFERENCE_BLOB_STORE_URL": str(blobs),
+        **env,
     }
     with open(log_dir / "inference.log", "wb") as log:
         proc = subprocess.Popen(
@@ -116,13 +117,19 @@ def inference(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Inference]:
         )
     try:
         wait_for(lambda: health_status(f"127.0.0.1:{health_port}") == 1, 300, "inference", proc)
-        yield Inference(f"127.0.0.1:{grpc_port}", blobs)
+        yield Inference(f"127.0.0.1:{grpc_port}", blobs), proc
     finally:
         proc.terminate()
         try:
             proc.wait(timeout=30)
         except subprocess.TimeoutExpired:
             proc.kill()
+
+
+@pytest.fixture(scope="session")
+def inference(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Inference]:
+    with running_inference(tmp_path_factory.mktemp("inference")) as (running, _):
+        yield running
 
 
 @pytest.fixture(scope="session")

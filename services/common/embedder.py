@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
+import time
 from collections.abc import Sequence
 from contextlib import AsyncExitStack
 from typing import Protocol
@@ -39,17 +41,27 @@ class Embedder:
         data = np.array([[t.encode("utf-8")] for t in texts], dtype=object)
         request = triton.InferInput("text", list(data.shape), "BYTES")
         request.set_data_from_numpy(data)
-        try:
-            result = await self._client.infer(
-                self._settings.embed_model,
-                [request],
-                outputs=[triton.InferRequestedOutput("embedding")],
-                client_timeout=self._settings.embed_timeout_seconds,
-            )
-        except InferenceServerException as err:
-            raise Unavailable(
-                f"embedding model unavailable: {err.message()}", reason="MODEL_UNAVAILABLE"
-            ) from err
+        # Embedding has no side effects, so a failure is retried for a while: the inference service
+        # restarts a Triton that died within seconds.
+        give_up = time.monotonic() + self._settings.embed_retry_seconds
+        pause = 0.2
+        while True:
+            try:
+                result = await self._client.infer(
+                    self._settings.embed_model,
+                    [request],
+                    outputs=[triton.InferRequestedOutput("embedding")],
+                    client_timeout=self._settings.embed_timeout_seconds,
+                )
+                break
+            except InferenceServerException as err:
+                if time.monotonic() + pause > give_up:
+                    raise Unavailable(
+                        f"embedding model unavailable: {err.message()}", reason="MODEL_UNAVAILABLE"
+                    ) from err
+                log.warning("embedding failed (%s); retrying in %.1fs", err.message(), pause)
+                await asyncio.sleep(pause)
+                pause = min(pause * 2, 2.0)
         vectors = result.as_numpy("embedding")
         if vectors is None or vectors.shape != (len(texts), self.dim):
             raise Unavailable("embedding model answered with an unexpected shape", reason="MODEL_BAD_OUTPUT")

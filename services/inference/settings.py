@@ -26,6 +26,9 @@ class InferenceSettings(ServiceSettings, BlobStoreSettings, LanguageModelSetting
     kv_hot_bytes: int = Field(
         512 * 1024 * 1024, ge=0, description="bytes of decoded KV caches kept in memory"
     )
+    triton_watch_seconds: float = Field(2.0, gt=0, description="how often Triton's liveness is checked")
+    triton_max_restarts: int = Field(3, ge=0, description="restarts of a dead Triton allowed per window")
+    triton_restart_window_seconds: float = Field(600.0, gt=0)
     max_adapters: int = Field(
         8, gt=0, description="LoRA adapters kept attached to the model (least recently used go)"
     )
