@@ -78,6 +78,11 @@ def cube_id_at(path: str = "cube_id") -> Extract:
     return lambda request: validation.cube_id(_field(request, path), path)
 
 
+def cube_id_or_all_at(path: str = "cube_id") -> Extract:
+    """The cube named at ``path``, or "" (every cube, which only an admin may ask for) when unset."""
+    return lambda request: validation.cube_id(value, path) if (value := _field(request, path)) else ""
+
+
 def memory_cube_at(path: str = "name") -> Extract:
     return lambda request: validation.memory_name(_field(request, path), path)[0]
 

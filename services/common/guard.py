@@ -3,7 +3,6 @@ the audit record of the decision."""
 
 from __future__ import annotations
 
-import asyncio
 import logging
 from collections.abc import Mapping
 from contextlib import AsyncExitStack
@@ -19,6 +18,7 @@ from .auth import Caller, OutgoingToken, TokenVerifier
 from .bus import open_jetstream
 from .errors import PermissionDenied, ResourceExhausted, Unauthenticated
 from .settings import ServiceSettings
+from .tasks import run_until_closed
 
 log = logging.getLogger(__name__)
 
@@ -51,14 +51,8 @@ class Guard:
             RateLimiter(settings.rate_limit_per_second, settings.rate_limit_burst),
         )
         await acl.start(stack)
-        auditing = asyncio.create_task(guard.audit.run(), name=f"{service}:audit")
-
-        async def stop() -> None:
-            await guard.audit.flush()
-            auditing.cancel()
-            await asyncio.gather(auditing, return_exceptions=True)
-
-        stack.push_async_callback(stop)
+        run_until_closed(stack, guard.audit.run, f"{service}:audit")
+        stack.push_async_callback(guard.audit.flush)  # runs first: the stack unwinds in reverse
         return guard
 
     async def admit(
@@ -88,7 +82,7 @@ class Guard:
         allowed, reason = await self._decide(caller, rule, record.cube_id)
         if not allowed:
             await self._deny(record, reason)
-            if rule.admin:
+            if reason == "NOT_ADMIN":
                 raise PermissionDenied(f"{caller.principal} is not an admin", reason=reason)
             raise PermissionDenied(
                 f"{caller.principal} may not {_VERBS[rule.role]} cube {record.cube_id}",
@@ -102,7 +96,7 @@ class Guard:
         return caller
 
     async def _decide(self, caller: Caller, rule: Rule, cube_id: str) -> tuple[bool, str]:
-        if rule.admin:
+        if rule.admin or (rule.cube is not None and not cube_id):  # no cube named: all of them
             return (True, "ADMIN") if caller.admin else (False, "NOT_ADMIN")
         if rule.cube is None:
             return True, "SIGNED_IN"

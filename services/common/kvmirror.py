@@ -5,12 +5,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import logging
 from contextlib import AsyncExitStack
 
 from nats.js.kv import KeyValue
 
-log = logging.getLogger(__name__)
+from .tasks import follow_forever, run_until_closed
 
 
 class KvMirror:
@@ -38,36 +37,24 @@ class KvMirror:
 
     async def run(self) -> None:
         """Follow the bucket until cancelled; a broken watch is opened again."""
-        while True:
-            watcher = None
-            try:
-                watcher = await self.bucket.watchall()
-                async for entry in watcher:
-                    if entry is None:  # the initial values are in
-                        self._ready.set()
-                        continue
-                    self.apply(entry.key, entry.value if entry.operation is None else None, entry.revision)
-            except asyncio.CancelledError:
-                raise
-            except Exception as err:  # the bus reconnects by itself; watch again
-                log.warning("watch of %s failed: %s; watching again", self.bucket._name, err)
-                await asyncio.sleep(0.5)
-            finally:
-                if watcher is not None:
-                    with contextlib.suppress(Exception):
-                        await watcher.stop()
+        await follow_forever(f"watch of {self.bucket._name}", self._follow)
+
+    async def _follow(self) -> None:
+        watcher = await self.bucket.watchall()
+        try:
+            async for entry in watcher:
+                if entry is None:  # the initial values are in
+                    self._ready.set()
+                    continue
+                self.apply(entry.key, entry.value if entry.operation is None else None, entry.revision)
+        finally:
+            with contextlib.suppress(Exception):
+                await watcher.stop()
 
     async def ready(self, wait_seconds: float = 10.0) -> None:
         await asyncio.wait_for(self._ready.wait(), wait_seconds)
 
     async def start(self, stack: AsyncExitStack) -> None:
         """Follow the bucket until ``stack`` closes; returns once the current values are in."""
-        task = asyncio.create_task(self.run(), name=f"mirror:{self.bucket._name}")
-
-        async def stop() -> None:
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
-
-        stack.push_async_callback(stop)
+        run_until_closed(stack, self.run, f"mirror:{self.bucket._name}")
         await self.ready()

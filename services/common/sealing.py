@@ -26,6 +26,8 @@ from nats.js.errors import NotFoundError
 
 from memos_sdk.wire import SUBJECT_PREFIX, Stream
 
+from .tasks import follow_forever, run_until_closed
+
 log = logging.getLogger(__name__)
 
 NO_PRINCIPAL = "_"
@@ -53,48 +55,36 @@ class SubjectKeys:
         """Keys mirrored from now until ``stack`` closes; returns once the mirror has caught up.
         (The stream itself is made with the others: bus.ensure_streams.)"""
         keys = cls(js)
-        task = asyncio.create_task(keys.run(), name="subject-keys")
-
-        async def stop() -> None:
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
-
-        stack.push_async_callback(stop)
+        run_until_closed(stack, keys.run, "subject-keys")
         await keys.ready()
         return keys
 
     async def run(self) -> None:
         """Mirror the keys (the last message of each subject) until cancelled."""
-        while True:
-            sub = None
-            try:
-                sub = await self._js.subscribe(
-                    f"{KEY_SUBJECT}.>",
-                    stream=Stream.SUBJECT_KEYS,
-                    ordered_consumer=True,
-                    deliver_policy=DeliverPolicy.LAST_PER_SUBJECT,
-                )
-                info = await self._js.stream_info(Stream.SUBJECT_KEYS)
-                if not info.state.messages:
+        await follow_forever("subject key mirror", self._follow)
+
+    async def _follow(self) -> None:
+        sub = await self._js.subscribe(
+            f"{KEY_SUBJECT}.>",
+            stream=Stream.SUBJECT_KEYS,
+            ordered_consumer=True,
+            deliver_policy=DeliverPolicy.LAST_PER_SUBJECT,
+        )
+        try:
+            info = await self._js.stream_info(Stream.SUBJECT_KEYS)
+            if not info.state.messages:
+                self._ready.set()
+            async for msg in sub.messages:
+                key_id = msg.subject[len(KEY_SUBJECT) + 1 :]
+                if msg.data:
+                    self._keys[key_id] = msg.data
+                else:
+                    self._keys.pop(key_id, None)
+                if msg.metadata.num_pending == 0:
                     self._ready.set()
-                async for msg in sub.messages:
-                    key_id = msg.subject[len(KEY_SUBJECT) + 1 :]
-                    if msg.data:
-                        self._keys[key_id] = msg.data
-                    else:
-                        self._keys.pop(key_id, None)
-                    if msg.metadata.num_pending == 0:
-                        self._ready.set()
-            except asyncio.CancelledError:
-                raise
-            except Exception as err:  # the bus reconnects by itself; follow again
-                log.warning("subject key mirror failed: %s; following again", err)
-                await asyncio.sleep(0.5)
-            finally:
-                if sub is not None:
-                    with contextlib.suppress(Exception):
-                        await sub.unsubscribe()
+        finally:
+            with contextlib.suppress(Exception):
+                await sub.unsubscribe()
 
     async def ready(self, wait_seconds: float = 10.0) -> None:
         await asyncio.wait_for(self._ready.wait(), wait_seconds)

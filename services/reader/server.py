@@ -26,7 +26,7 @@ from services.common.bus import open_jetstream, wait_applied
 from services.common.clients import EVERY_MEMORY, forward_errors, open_channel
 from services.common.clock import now_timestamp
 from services.common.embedder import Embedder, open_embedder
-from services.common.errors import InvalidArgument, MemosError, ResourceExhausted
+from services.common.errors import InvalidArgument, MemosError
 from services.common.grpc_host import Component, Registration
 from services.common.injection import LABEL as INJECTION_LABEL
 from services.common.injection import instruction_rules
@@ -36,6 +36,7 @@ from services.common.sealing import SubjectKeys
 from services.common.writes import publish_write
 
 from .extract import Turn, context_embeddings, document_items, turn_items
+from .limits import CubeSizes
 from .settings import ReaderSettings
 from .timeparse import parse_time
 
@@ -97,6 +98,7 @@ class ReaderServicer(reader_pb2_grpc.ReaderServiceServicer):
         self._embedder = embedder
         self._keys = keys
         self._policies = policies
+        self._sizes = CubeSizes(self._cube_size, settings.max_items_per_cube)
 
     def _turns(self, request: reader_pb2.AddMessagesRequest, request_id: str) -> list[Turn]:
         if not request.messages:
@@ -135,12 +137,7 @@ class ReaderServicer(reader_pb2_grpc.ReaderServiceServicer):
             )
         return turns
 
-    async def _check_room(self, cube_id: str, adding: int) -> None:
-        """RESOURCE_EXHAUSTED when the items would take the cube over its limit (a soft limit:
-        concurrent writers may pass it by one request each)."""
-        limit = self._settings.max_items_per_cube
-        if not limit:
-            return
+    async def _cube_size(self, cube_id: str) -> int | None:
         request = vault_pb2.ListMemoriesRequest(cube_id=cube_id, page_size=1, filter=EVERY_MEMORY)
         try:
             async with forward_errors("vault"):
@@ -151,21 +148,14 @@ class ReaderServicer(reader_pb2_grpc.ReaderServiceServicer):
             # Writes go to the log, not the vault: a vault that is down must not stop them. The
             # limit is soft; it is checked again on the next write.
             log.warning("cube size of %s unknown (%s); writing without the limit check", cube_id, err)
-            return
-        held = reply.total_size
-        if held + adding > limit:
-            raise ResourceExhausted(
-                f"cube {cube_id} holds {held} memories; {adding} more would pass its limit of {limit}",
-                reason="CUBE_FULL",
-                cube_id=cube_id,
-                limit=limit,
-            )
+            return None
+        return reply.total_size
 
     async def _write(
         self, cube_id: str, items: list[memory_pb2.Memory], wait: bool
     ) -> tuple[list[str], int, bool]:
         """Embed and append one put per item; with ``wait``, until the vault applied them."""
-        await self._check_room(cube_id, len(items))
+        await self._sizes.make_room(cube_id, len(items))
         vectors = await self._embedder.embed([item.text for item in items])
         context_vectors = context_embeddings(items, vectors, self._settings.context_weight)
         limit = asyncio.Semaphore(self._settings.publish_concurrency)
