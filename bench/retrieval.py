@@ -37,18 +37,19 @@ from services.reader.timeparse import parse_time
 
 @contextlib.contextmanager
 def mesh_for(base: int, run_dir: Path | None):
-    """Use the mesh at ``base`` if it answers; otherwise start one for the run."""
+    """Use the mesh at ``base`` if it answers (with the API key found as the SDK finds it);
+    otherwise start one for the run. Yields the API key to use (None: the SDK's default)."""
     ports = LocalPorts(base)
     if health_status(ports.addr("scheduler")) == 1 and health_status(ports.addr("reader")) == 1:
         print(f"using the running mesh at port base {base}", file=sys.stderr)
-        yield
+        yield None
         return
     with tempfile.TemporaryDirectory(prefix="memos-bench-") as tmp:
         # Retrieval is measured alone: no KV builds competing for the cores.
         mesh = Mesh(run_dir or Path(tmp), ports, extra_env={"MEMOS_SCHEDULER_AUTO_PRELOAD": "false"})
         print(f"no mesh at port base {base}: starting one in {mesh.run_dir} ...", file=sys.stderr)
         with mesh:
-            yield
+            yield mesh.admin_key
 
 
 def cube_for(bundle_id: str) -> str:
@@ -95,13 +96,14 @@ async def embed_only_seconds(bundles: list[dict], port_base: int) -> tuple[float
         await embedder.close()
 
 
-async def run(args: argparse.Namespace) -> tuple[dict, list[dict]]:
+async def run(args: argparse.Namespace, api_key: str | None) -> tuple[dict, list[dict]]:
     bundles = list(read_bundles(args.bundles))
     total_turns = sum(count_turns(b) for b in bundles)
     total_questions = sum(len(b.get("questions", [])) for b in bundles)
     ingest_seconds = 0.0
     lines = []
-    async with MemosClient(Endpoints.local(args.port_base), timeout_seconds=600) as client:
+    endpoints = Endpoints.local(args.port_base)
+    async with MemosClient(endpoints, api_key=api_key, timeout_seconds=600) as client:
         with (
             tqdm(total=total_turns, unit="turn", desc="ingest", file=sys.stderr) as ingest_bar,
             tqdm(total=total_questions, unit="q", desc="search", file=sys.stderr) as search_bar,
@@ -165,8 +167,8 @@ def main(argv: list[str] | None = None) -> int:
     )
     args = parser.parse_args(argv)
 
-    with mesh_for(args.port_base, args.run_dir):
-        report, outputs = asyncio.run(run(args))
+    with mesh_for(args.port_base, args.run_dir) as api_key:
+        report, outputs = asyncio.run(run(args, api_key))
     print(
         f"ingested {report['turns']} turns of {report['bundles']} bundle(s) in {report['ingest_seconds']}s "
         f"({report['ingest_turns_per_second']} turns/s, through the mesh, applied); the model alone on "

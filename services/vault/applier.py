@@ -30,7 +30,7 @@ from services.common import states, validation
 from services.common.bus import VAULT_CONSUMER, PullWorker, durable_worker
 from services.common.errors import InvalidArgument
 from services.common.events import publish_event, without_content
-from services.common.sealing import Erased, SubjectKeys
+from services.common.sealing import Erased, SubjectKeys, subject_key_id
 from services.common.telemetry import extract_context
 
 from . import records
@@ -101,6 +101,13 @@ class Applier:
             try:
                 command.ParseFromString(await self._open(msg))
                 _check(command)
+                if command.HasField("put"):
+                    # The index seals the record with its writer's key; a write logged before
+                    # writes were sealed has never had that key made.
+                    memory = command.put.memory
+                    await self._keys.key(
+                        subject_key_id(memory.cube_id, memory.provenance.principal), create=True
+                    )
             except Erased as err:
                 # Its subject was erased: the content is gone for good, and so is the command.
                 log.info("skipping write seq=%s of an erased subject (%s)", msg.metadata.sequence.stream, err)
@@ -121,12 +128,19 @@ class Applier:
                 with tracer.start_as_current_span(
                     "vault.apply", context=parent, kind=trace.SpanKind.CONSUMER
                 ):
-                    if command.HasField("put"):
-                        self._put(batch, command.put, parent)
-                    elif command.HasField("erase"):
-                        self._erase(batch, command.erase)
-                    else:
-                        self._delete(batch, command.delete.name, parent)
+                    try:
+                        if command.HasField("put"):
+                            self._put(batch, command.put, parent)
+                        elif command.HasField("erase"):
+                            self._erase(batch, command.erase)
+                        else:
+                            self._delete(batch, command.delete.name, parent)
+                    except Erased as err:  # a key destroyed meanwhile: that content is gone
+                        log.info(
+                            "skipping write seq=%s of an erased subject (%s)",
+                            msg.metadata.sequence.stream,
+                            err,
+                        )
             await self._index.write(list(batch.upserts.values()), batch.delete_filters)
         await asyncio.gather(*(self._publish(e) for e in batch.events))
         await asyncio.gather(*(msg.ack() for msg, _ in commands))

@@ -220,3 +220,45 @@ async def test_watch_yields_events_as_they_happen(mesh, cube):
     await asyncio.wait_for(watcher, timeout=30)
     assert {e.payload.memory.name for e in seen} == set(added.memory_names)
     assert all(e.type == EventKind.MEMORY_CREATED.ce_type for e in seen)
+
+
+LEGACY_ID = "0123456789abcdef0123456789abcdef"
+
+
+async def test_a_write_logged_before_writes_were_sealed_is_still_applied(mesh, cube):
+    """A mesh upgraded from before sealing replays its old, unsealed puts into the new index."""
+    import numpy as np
+    from google.protobuf import timestamp_pb2
+
+    from memos.type.v1 import memory_pb2
+    from memos.vault.v1 import commands_pb2
+    from memos_sdk.wire import writes_subject
+    from services.common.bus import publish, wait_applied
+
+    memory = memory_pb2.Memory(
+        name=f"cubes/{cube}/memories/{LEGACY_ID}",
+        cube_id=cube,
+        memory_id=LEGACY_ID,
+        version=1,
+        text="[8 May 2023] Caroline: I keep bees.",
+        speaker="Caroline",
+        create_time=timestamp_pb2.Timestamp(seconds=1_700_000_000),
+        provenance=memory_pb2.Provenance(principal="principals/local"),
+    )
+    vector = np.random.default_rng(0).normal(size=384).astype(np.float32)
+    put = commands_pb2.PutMemory(memory=memory, embedding=(vector / np.linalg.norm(vector)).tolist())
+    nc = await nats_client.connect(mesh.endpoints.nats_url)
+    try:
+        js = nc.jetstream()
+        seq, _ = await publish(
+            js,
+            writes_subject(cube),
+            commands_pb2.WriteCommand(put=put).SerializeToString(),
+            msg_id="legacy-1",
+        )
+        await wait_applied(js, seq, timeout_seconds=30)
+    finally:
+        await nc.close()
+    stored = await mesh.client.get(memory.name)
+    assert stored.text == memory.text
+    assert stored.provenance.principal == "principals/local"
