@@ -14,6 +14,7 @@ import hmac
 import secrets
 import time
 import uuid
+from collections import OrderedDict
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -154,9 +155,15 @@ class TokenSigner:
 class TokenVerifier:
     """Every service's side: checks signature, issuer, audience and expiry with the public key."""
 
-    def __init__(self, public_key: Ed25519PublicKey, *, leeway_seconds: float = 5.0) -> None:
+    def __init__(
+        self, public_key: Ed25519PublicKey, *, leeway_seconds: float = 5.0, remembered: int = 4096
+    ) -> None:
         self._key = public_key
         self._leeway = leeway_seconds
+        # A client sends the same token for minutes; its signature is checked once, its expiry
+        # on every call.
+        self._verified: OrderedDict[str, tuple[Caller, float]] = OrderedDict()
+        self._remembered = remembered
 
     @classmethod
     def from_file(cls, path: Path) -> TokenVerifier:
@@ -173,6 +180,14 @@ class TokenVerifier:
             raise Unauthenticated(
                 "the authorization header must be 'Bearer <token>'", reason="TOKEN_MALFORMED"
             )
+        known = self._verified.get(token)
+        if known is not None:
+            caller, expires = known
+            if time.time() <= expires + self._leeway:
+                self._verified.move_to_end(token)
+                return caller
+            del self._verified[token]
+            raise Unauthenticated("the token has expired; get a new one", reason="TOKEN_EXPIRED")
         try:
             claims = jwt.decode(
                 token,
@@ -187,12 +202,16 @@ class TokenVerifier:
             raise Unauthenticated("the token has expired; get a new one", reason="TOKEN_EXPIRED") from None
         except jwt.InvalidTokenError as err:
             raise Unauthenticated(f"the token is not valid: {err}", reason="TOKEN_INVALID") from None
-        return Caller(
+        caller = Caller(
             principal=str(claims["sub"]),
             kind=int(claims.get("kind", 0)),
             admin=bool(claims.get("adm", False)),
             token=token,
         )
+        self._verified[token] = (caller, float(claims["exp"]))
+        if len(self._verified) > self._remembered:
+            self._verified.popitem(last=False)
+        return caller
 
 
 class OutgoingToken:

@@ -255,7 +255,9 @@ async def setup(stack: AsyncExitStack, settings: VaultSettings) -> Component:
     consumers = dict(batch_size=settings.apply_batch_size, ack_wait_seconds=settings.apply_ack_wait_seconds)
     keys = await SubjectKeys.start(stack, js)
     writes = await Applier(js, index, keys, **consumers).worker()
-    usage = await UsageFolder(js, index, keys, **consumers).worker()
+    usage = await UsageFolder(
+        js, index, keys, linger_seconds=settings.usage_fold_seconds, **consumers
+    ).worker()
 
     async def stop() -> None:
         await asyncio.gather(writes.stop(), usage.stop())

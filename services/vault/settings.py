@@ -16,6 +16,9 @@ class VaultSettings(ServiceSettings, EmbedderSettings):
     data_dir: Path = Field(Path(".run/vault"), description="Qdrant Edge shard lives in <data_dir>/index-v4")
     apply_batch_size: int = Field(256, gt=0, description="write commands applied together")
     apply_ack_wait_seconds: float = Field(30.0, gt=0, description="redelivery delay of an unacked command")
+    usage_fold_seconds: float = Field(
+        2.0, ge=0, description="accesses gather this long between folds into the index (0: at once)"
+    )
     wait_applied_timeout_seconds: float = Field(30.0, gt=0)
     bm25_avg_len: float = Field(
         32.0, gt=0, description="expected item length in tokens, for BM25 length norm"

@@ -46,7 +46,9 @@ class UsageFolder:
         *,
         batch_size: int,
         ack_wait_seconds: float,
+        linger_seconds: float = 0.0,
     ):
+        self._linger = linger_seconds
         self._keys = keys
         self._js = js
         self._index = index
@@ -68,6 +70,7 @@ class UsageFolder:
             max_deliver=-1,
             max_ack_pending=self._batch_size * 8,
             rewind=self._index.created,
+            linger_seconds=self._linger,  # a memory used by many searches is rewritten once
         )
 
     async def fold(self, msgs: list[Msg]) -> None:

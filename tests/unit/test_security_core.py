@@ -91,6 +91,19 @@ def test_forged_expired_and_altered_tokens_are_rejected():
         signer.verifier.verify(f"Bearer {unsigned}")
 
 
+def test_a_token_verified_before_is_refused_once_it_expires(monkeypatch):
+    signer = TokenSigner(Ed25519PrivateKey.generate(), ttl_seconds=60)
+    token, expires = signer.issue(_principal())
+    verifier = signer.verifier
+    assert verifier.verify(f"Bearer {token}").principal == "principals/alice"
+    assert verifier.verify(f"Bearer {token}").principal == "principals/alice"  # remembered
+    later = expires + 10  # past the 5 s leeway
+    monkeypatch.setattr(time, "time", lambda: later)
+    with pytest.raises(Unauthenticated) as err:
+        verifier.verify(f"Bearer {token}")
+    assert err.value.reason == "TOKEN_EXPIRED"
+
+
 def test_api_keys_are_checked_against_a_hash_of_their_secret():
     kid, key = new_api_key()
     got_kid, secret = split_api_key(key)
