@@ -89,6 +89,12 @@ class Distiller:
         log.info("queued %s: distil %d memories of %s (%s)", name, len(sources), cube_id, reason)
         return operation
 
+    async def queued(self, cube_id: str, request_id: str) -> bool:
+        """Whether a promotion with ``request_id`` was queued already."""
+        return (
+            await self.operations.find(operation_name(cube_id, operation_id(cube_id, request_id))) is not None
+        )
+
     async def _sources(self, cube_id: str, names: list[str]) -> list[str]:
         if len(names) > MAX_NAMES:
             raise InvalidArgument(f"at most {MAX_NAMES} names", reason="TOO_MANY_NAMES", field="names")

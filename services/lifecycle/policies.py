@@ -48,6 +48,8 @@ def check(policy: lifecycle_pb2.Policy) -> None:
         )
     if policy.promote_access_count < 0:
         raise InvalidArgument("promote_access_count must not be negative", reason="INVALID_POLICY")
+    if policy.distill_activated_count < 0:
+        raise InvalidArgument("distill_activated_count must not be negative", reason="INVALID_POLICY")
     names = policy.redaction.names
     if len(names) > MAX_REDACTED_NAMES or any(not n.strip() or len(n) > 100 for n in names):
         raise InvalidArgument(

@@ -6,6 +6,7 @@ last access (or from creation): each use adds weight, and it halves every half-l
 
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass
 
 from memos.lifecycle.v1 import lifecycle_pb2
@@ -57,3 +58,21 @@ def due(memory: memory_pb2.Memory, policy: lifecycle_pb2.Policy, now_seconds: fl
             f"used {count} times; the cube promotes at {policy.promote_access_count}",
         )
     return None
+
+
+def distillation_due(
+    activated: list[str], adapters: list[memory_pb2.Memory], policy: lifecycle_pb2.Policy
+) -> list[str]:
+    """The activated memories to distil under ``policy`` (none when below its count, or when a
+    live adapter has learned every one of them already)."""
+    wanted = sorted(set(activated))
+    if not 0 < policy.distill_activated_count <= len(wanted):
+        return []
+    if any(set(wanted) <= set(a.lineage.parent_names) for a in adapters):
+        return []
+    return wanted
+
+
+def distillation_request_id(names: list[str]) -> str:
+    """One request id per set of sources: a sweep that finds the same set again queues nothing."""
+    return "policy-" + hashlib.sha256("\n".join(sorted(names)).encode()).hexdigest()[:32]

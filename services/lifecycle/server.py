@@ -197,9 +197,9 @@ async def setup(stack: AsyncExitStack, settings: LifecycleSettings) -> Component
     policies = await Policies.open(js, default_resolve_conflicts=settings.default_resolve_conflicts)
     keys = await SubjectKeys.start(stack, js)
     mover = Mover(settings, js, vault, keys)
-    sweeper = Sweeper(settings, policies, vault, mover)
-    conflicts = await ConflictResolver(settings, js, policies, vault, mover).worker()
     distiller = Distiller(settings, js, vault, await Operations.open(js))
+    sweeper = Sweeper(settings, policies, vault, mover, distiller)
+    conflicts = await ConflictResolver(settings, js, policies, vault, mover).worker()
     stale = await StaleAdapters(js, distiller, mover).worker()
 
     async def stop() -> None:

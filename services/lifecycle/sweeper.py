@@ -1,5 +1,5 @@
-"""Scheduled work: every interval, apply each cube's policy (TTL, decay, promotion) to its live
-memories.
+"""Scheduled work: every interval, apply each cube's policy (TTL, decay, promotion, distillation)
+to its live memories.
 
 A sweep keeps no state of its own: what is due follows from the memories (creation time, usage)
 and the policy, so a restarted lifecycle simply carries on, and two replicas sweeping at once
@@ -13,20 +13,23 @@ import logging
 import time
 from collections import Counter
 
+from memos.lifecycle.v1 import lifecycle_pb2
 from memos.type.v1 import memory_pb2
 from memos.vault.v1 import vault_pb2, vault_pb2_grpc
 from services.common import states
 from services.common.clients import paged
 from services.common.errors import MemosError
 
+from .distill import MAX_NAMES, Distiller
 from .moves import Mover
 from .policies import Policies
-from .rules import due
+from .rules import distillation_due, distillation_request_id, due
 from .settings import LifecycleSettings
 
 log = logging.getLogger(__name__)
 
 PAGE_SIZE = 500
+S = memory_pb2.MemoryState
 
 
 class Sweeper:
@@ -36,7 +39,9 @@ class Sweeper:
         policies: Policies,
         vault: vault_pb2_grpc.VaultServiceStub,
         mover: Mover,
+        distiller: Distiller,
     ) -> None:
+        self._distiller = distiller
         self._settings = settings
         self._policies = policies
         self._vault = vault
@@ -71,10 +76,13 @@ class Sweeper:
     async def sweep_cube(self, cube_id: str) -> Counter[str]:
         policy = await self._policies.get(cube_id)
         moved: Counter[str] = Counter()
+        activated: list[str] = []
         now = time.time()
         async for memory in self._live(cube_id):
             decision = due(memory, policy, now)
             if decision is None:
+                if memory.state == S.MEMORY_STATE_ACTIVATED:
+                    activated.append(memory.name)
                 continue
             change = memory_pb2.StateChange(
                 to_state=decision.target, rule=decision.rule, score=decision.score, reason=decision.reason
@@ -85,7 +93,22 @@ class Sweeper:
                 log.info("%s not moved to %s: %s", memory.name, states.name(decision.target), err)
                 continue
             moved[decision.rule] += 1
+            if decision.target == S.MEMORY_STATE_ACTIVATED:
+                activated.append(memory.name)
+        if policy.distill_activated_count and await self._distil(cube_id, activated, policy):
+            moved["distillation"] += 1
         return moved
+
+    async def _distil(self, cube_id: str, activated: list[str], policy: lifecycle_pb2.Policy) -> bool:
+        """Queue the distillation of the activated memories when the policy says it is due."""
+        names = distillation_due(activated, await self._distiller.adapters(cube_id), policy)
+        if not names:
+            return False
+        request_id = distillation_request_id(names)
+        if await self._distiller.queued(cube_id, request_id):
+            return False  # queued by an earlier sweep (running, done, or failed: see the operation)
+        await self._distiller.promote(cube_id, names[:MAX_NAMES], request_id=request_id, reason="policy")
+        return True
 
     def _live(self, cube_id: str):
         return paged(

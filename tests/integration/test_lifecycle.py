@@ -4,6 +4,7 @@ usage-driven promotion and decay, and conflict resolution."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import datetime as dt
 import time
 from pathlib import Path
@@ -17,6 +18,8 @@ from memos_sdk import MemosClient
 from memos_sdk.errors import MemosAPIError
 from memos_sdk.wire import events_subject
 from services.common.grpc_host import ServiceHost
+from services.common.operations import operation_id, operation_name
+from services.lifecycle.rules import distillation_request_id
 from services.lifecycle.server import setup as lifecycle_setup
 from tests.conftest import in_process_mesh, lifecycle_settings
 
@@ -186,10 +189,24 @@ async def test_searches_count_usage_which_promotes_and_decay_archives(
         assert counted_memory.version == 1  # usage is no new version
         assert (await client.get(unused)).usage.access_count == 0
 
-        await client.set_policy(cube, promote_access_count=2, resolve_conflicts=False)
+        await client.set_policy(
+            cube, promote_access_count=2, distill_activated_count=1, resolve_conflicts=False
+        )
         promoted = await _until(lambda: _state_is(client, used, S.MEMORY_STATE_ACTIVATED), "promoted")
         assert promoted.state_change.rule == "promotion" and promoted.usage.access_count == 2
         assert (await client.get(unused)).state == S.MEMORY_STATE_GENERATED
+
+        # One activated memory reaches the distillation rule: the sweep queues a job for it (no
+        # trainer runs here, so it stays queued), and later sweeps queue nothing more.
+        name = operation_name(cube, operation_id(cube, distillation_request_id([used])))
+
+        async def queued():
+            with contextlib.suppress(MemosAPIError):
+                return await client.get_operation(name)
+            return None
+
+        operation = await _until(queued, "distillation queued")
+        assert operation.source_count == 1 and operation.message == "queued (policy)"
 
         await client.set_policy(
             cube, decay_half_life=dt.timedelta(seconds=2), archive_threshold=0.5, resolve_conflicts=False

@@ -288,6 +288,7 @@ async def cmd_policy(client: MemosClient, args: argparse.Namespace) -> int:
         args.half_life,
         args.archive_below,
         args.promote_at,
+        args.distill_at,
         args.conflicts,
         args.redact,
         args.redact_names,
@@ -308,6 +309,9 @@ async def cmd_policy(client: MemosClient, args: argparse.Namespace) -> int:
             promote_access_count=args.promote_at
             if args.promote_at is not None
             else current.promote_access_count,
+            distill_activated_count=args.distill_at
+            if args.distill_at is not None
+            else current.distill_activated_count,
             resolve_conflicts=(args.conflicts == "on") if args.conflicts else current.resolve_conflicts,
             redact=current.redaction.kinds if args.redact is None else args.redact,
             redact_names=current.redaction.names if args.redact_names is None else args.redact_names,
@@ -447,6 +451,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--half-life", type=_duration, help="half-life of the usage-based importance")
     p.add_argument("--archive-below", type=float, help="archive memories whose importance falls below this")
     p.add_argument("--promote-at", type=int, help="activate memories used this many times (0: never)")
+    p.add_argument(
+        "--distill-at",
+        type=int,
+        help="distil the activated memories into a LoRA adapter once this many are activated (0: never)",
+    )
     p.add_argument("--conflicts", choices=("on", "off"), help="merge restatements, supersede contradictions")
     p.add_argument(
         "--redact",

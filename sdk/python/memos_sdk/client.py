@@ -354,6 +354,7 @@ class MemosClient:
         decay_half_life: dt.timedelta | None = None,
         archive_threshold: float = 0.0,
         promote_access_count: int = 0,
+        distill_activated_count: int = 0,
         resolve_conflicts: bool = True,
         redact: Iterable[int] = (),
         redact_names: Iterable[str] = (),
@@ -364,6 +365,7 @@ class MemosClient:
             name=f"cubes/{cube_id}/policy",
             archive_threshold=archive_threshold,
             promote_access_count=promote_access_count,
+            distill_activated_count=distill_activated_count,
             resolve_conflicts=resolve_conflicts,
             redaction=lifecycle_pb2.Redaction(kinds=list(redact), names=list(redact_names)),
         )
