@@ -136,7 +136,10 @@ class VaultServicer(vault_pb2_grpc.VaultServiceServicer):
             dense=dense,
             text=text,
             limit=limit + (exclude is not None),
-            depth=max(limit, self._settings.search_depth),
+            # Dense alone, a point's score is its best over its keys, and the best `limit` overall
+            # are among each key's `limit` nearest: no deeper lists are needed (the lifecycle's
+            # conflict check asks this for every new memory).
+            depth=max(limit, self._settings.search_depth) if text.strip() else limit + (exclude is not None),
             sparse_weight=self._settings.sparse_weight,
         )
         results = [
