@@ -80,6 +80,7 @@ class Eraser:
             report.kv_caches_deleted += await self._drop_kv_caches(plan.cube_id)
             for adapter in plan.adapters:
                 await asyncio.to_thread(self._blobs.delete, adapter.adapter.blob_key)
+            await self._drop_checkpoints(plan.cube_id)
             if whole_cube:
                 await self._forget_cube(plan.cube_id)
             else:
@@ -170,6 +171,15 @@ class Eraser:
             return len(gone)
 
         return await asyncio.to_thread(delete)
+
+    async def _drop_checkpoints(self, cube_id: str) -> None:
+        """Training states of the cube's unfinished distillations (they learned from its data)."""
+
+        def delete() -> None:
+            for blob in self._blobs.list(f"checkpoints/{cube_id}/"):
+                self._blobs.delete(blob.key)
+
+        await asyncio.to_thread(delete)
 
     async def _forget_cube(self, cube_id: str) -> None:
         for bucket in (Bucket.ACL, Bucket.POLICIES):

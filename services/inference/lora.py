@@ -13,7 +13,9 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import io
 import json
+import logging
 import math
 import random
 import threading
@@ -82,6 +84,8 @@ class Evaluation:
     ppl_before: float
     ppl_after: float
 
+
+log = logging.getLogger(__name__)
 
 Progress = Callable[[int, int, float], None]  # (step, steps, loss)
 
@@ -183,8 +187,14 @@ class Adapters:
         lessons: Sequence[Lesson],
         config: TrainConfig = TrainConfig(),
         progress: Progress | None = None,
+        checkpoint: Callable[[bytes], None] | None = None,
+        resume: bytes | None = None,
     ) -> dict[str, float]:
-        """Train adapter ``name`` on the non-held-out ``lessons``; returns loss and timing."""
+        """Train adapter ``name`` on the non-held-out ``lessons``; returns loss and timing.
+
+        ``checkpoint`` receives the training state after each epoch; given as ``resume``, such a
+        state continues training after its epoch, with the same result as an uninterrupted run
+        (a state from other lessons or settings is ignored)."""
         examples = [lesson for lesson in lessons if not lesson.held_out]
         if not examples:
             raise InvalidArgument("no lessons to learn from", reason="NOTHING_TO_LEARN")
@@ -204,9 +214,10 @@ class Adapters:
             with torch.inference_mode():
                 replay_base = self.lm.model.model(input_ids=replay).last_hidden_state.clone()
         self.use(name)
-        params = [
-            p for n, p in lm.model.named_parameters() if "lora_" in n and f".{_module_name(name)}." in n
-        ]
+        named = {
+            n: p for n, p in lm.model.named_parameters() if "lora_" in n and f".{_module_name(name)}." in n
+        }
+        params = list(named.values())
         for p in params:
             p.requires_grad_(True)
         optimizer = torch.optim.AdamW(params, lr=config.learning_rate, weight_decay=0.0)
@@ -217,9 +228,24 @@ class Adapters:
         )
         rng = random.Random(config.seed)
         started, step, loss_value = time.monotonic(), 0, float("nan")
+        fingerprint = hashlib.sha256(json.dumps([asdict(config), encoded]).encode()).hexdigest()
+        first_epoch = 0
+        if resume is not None:
+            state = torch.load(io.BytesIO(resume), weights_only=True)
+            if state.get("fingerprint") == fingerprint:
+                with torch.no_grad():
+                    for n, value in state["lora"].items():
+                        named[n.replace("{adapter}", _module_name(name))].copy_(value)
+                optimizer.load_state_dict(state["optimizer"])
+                schedule.load_state_dict(state["schedule"])
+                rng.setstate(_python_rng_state(state["rng"]))
+                torch.set_rng_state(state["torch_rng"])
+                first_epoch, step = int(state["epoch"]), int(state["step"])
+            else:
+                log.warning("ignoring a checkpoint of other lessons or settings")
         lm.model.train()
         try:
-            for _ in range(config.epochs):
+            for epoch in range(first_epoch, config.epochs):
                 order = list(range(len(encoded)))
                 rng.shuffle(order)
                 for at in range(0, len(order), config.batch_size):
@@ -239,6 +265,23 @@ class Adapters:
                     loss_value = float(loss.detach())
                     if progress:
                         progress(step, steps, loss_value)
+                if checkpoint is not None and epoch + 1 < config.epochs:
+                    state = {
+                        "fingerprint": fingerprint,
+                        "epoch": epoch + 1,
+                        "step": step,
+                        "lora": {
+                            n.replace(_module_name(name), "{adapter}"): p.detach().clone()
+                            for n, p in named.items()
+                        },
+                        "optimizer": optimizer.state_dict(),
+                        "schedule": schedule.state_dict(),
+                        "rng": _plain(rng.getstate()),
+                        "torch_rng": torch.get_rng_state(),
+                    }
+                    buffer = io.BytesIO()
+                    torch.save(state, buffer)
+                    checkpoint(buffer.getvalue())
         finally:
             lm.model.eval()
             for p in params:
@@ -421,6 +464,20 @@ def recall(adapters: Adapters, lessons: Sequence[Lesson], *, adapter: str | None
 def contains(answer: str, expect: str) -> bool:
     fold = lambda s: " ".join(s.lower().replace("-", " ").split())  # noqa: E731
     return fold(expect) in fold(answer)
+
+
+def _plain(value):
+    """random.getstate() as lists, which torch.load(weights_only=True) reads back."""
+    return [_plain(v) for v in value] if isinstance(value, tuple) else value
+
+
+def _python_rng_state(value):
+    version, internal, gauss = value
+    return (version, tuple(internal), gauss)
+
+
+def checkpoint_key(cube_id: str, adapter_id: str) -> str:
+    return f"checkpoints/{cube_id}/{adapter_id}.pt"
 
 
 def adapter_key(cube_id: str, adapter_id: str) -> str:

@@ -33,7 +33,7 @@ from services.common.bus import PullWorker, durable_worker, open_jetstream
 from services.common.clients import forward_errors, live_adapters, live_memories, open_channel
 from services.common.clock import now_timestamp
 from services.common.embedder import Embedder, open_embedder
-from services.common.errors import MemosError
+from services.common.errors import MemosError, NotFound
 from services.common.events import publish_event
 from services.common.grpc_host import Component
 from services.common.operations import Operations, parse_name
@@ -41,7 +41,7 @@ from services.common.sealing import SubjectKeys
 from services.common.writes import write_version
 from services.inference.lessons import lessons
 from services.inference.llm import load_language_model
-from services.inference.lora import Adapters, TrainConfig, adapter_key, general_texts, recall
+from services.inference.lora import Adapters, TrainConfig, adapter_key, checkpoint_key, general_texts, recall
 
 from .settings import TrainerSettings
 
@@ -143,7 +143,9 @@ class Distillation:
     async def distil(self, job: commands_pb2.DistillJob, *, attempt: int = 1) -> Op:
         _, adapter_id = parse_name(job.operation)
         operation = await self._operations.get(job.operation)
+        saved_at = checkpoint_key(job.cube_id, adapter_id)
         if operation.state == lifecycle_pb2.OPERATION_STATE_SUCCEEDED:
+            await asyncio.to_thread(self._blobs.delete, saved_at)
             return operation  # done before a crash kept the ack from reaching the queue
         operation.state, operation.attempts = lifecycle_pb2.OPERATION_STATE_RUNNING, attempt
         await self._report(operation, "reading the source memories", 0.0)
@@ -163,8 +165,23 @@ class Distillation:
                 message = f"training step {step}/{steps}, loss {loss:.3f}"
                 asyncio.run_coroutine_threadsafe(self._report(operation, message, step / steps), loop)
 
-        await self._report(operation, f"training on {sum(not t.held_out for t in taught)} lessons", 0.0)
-        trained = await asyncio.to_thread(self._adapters.train, key, taught, self._config, progress)
+        # A crashed attempt left the state of its last finished epoch: carry on from there.
+        resume = await asyncio.to_thread(self._saved, saved_at)
+        lesson_count = sum(not t.held_out for t in taught)
+        await self._report(
+            operation,
+            f"training on {lesson_count} lessons" + (" (resuming from a checkpoint)" if resume else ""),
+            0.0,
+        )
+        trained = await asyncio.to_thread(
+            self._adapters.train,
+            key,
+            taught,
+            self._config,
+            progress,
+            checkpoint=lambda state: self._blobs.put(saved_at, state),
+            resume=resume,
+        )
         await self._report(operation, "evaluating", 1.0)
         right, asked, ppl_before, ppl_after, scale = await asyncio.to_thread(self._evaluate, key, taught)
         blob = self._adapters.pack(key, self._config, {"cube": job.cube_id, "operation": job.operation})
@@ -183,6 +200,7 @@ class Distillation:
             scale=scale,
         )
         memory = await self._register(job, adapter_id, sources, adapter)
+        await asyncio.to_thread(self._blobs.delete, saved_at)
         replaced = await self._supersede_older(memory)
         await publish_event(
             self._js,
@@ -202,6 +220,14 @@ class Distillation:
         await self._report(operation, summary, 1.0)
         log.info("%s done: %s", job.operation, summary)
         return operation
+
+    def _saved(self, key: str) -> bytes | None:
+        try:
+            data = self._blobs.get(key)
+        except NotFound:
+            return None
+        log.info("resuming training from checkpoint %s", key)
+        return data
 
     def _evaluate(self, key: str, taught) -> tuple[int, int, float, float, float]:
         """Fit the adapter's scale to the perplexity budget, then ask the held-out phrasings."""

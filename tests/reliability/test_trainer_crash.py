@@ -91,3 +91,5 @@ async def test_a_job_whose_trainer_is_killed_is_finished_by_the_next(
         assert done.attempts == 2
         adapters = [m async for m in client.iter_memories(cube, kinds=[memory_pb2.MEMORY_KIND_PARAMETRIC])]
         assert [m.name for m in adapters] == [done.result_name]
+        # Epoch checkpoints are written while it trains and removed once the adapter is registered.
+        assert not list(inference.blobs.glob("checkpoints/**/*.pt"))
