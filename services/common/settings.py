@@ -95,7 +95,7 @@ class EmbedderSettings(InferenceClientSettings):
     embed_batch_size: int = Field(128, gt=0)
     embed_timeout_seconds: float = Field(60.0, gt=0)
     embed_retry_seconds: float = Field(
-        30.0, ge=0, description="how long a failed embedding is retried (it covers a Triton restart)"
+        60.0, ge=0, description="how long a failed embedding is retried (it covers a Triton restart)"
     )
 
 

@@ -54,9 +54,9 @@ def _load_models(settings: InferenceSettings) -> Callable[[Triton], None]:
     served = ServedAdapters(Adapters(lm), open_blob_store(settings), max_loaded=settings.max_adapters)
 
     def bind(triton: Triton) -> None:
+        _bind_embedder(triton, settings)  # first: every write waits for it, after a restart too
         bind_generator(triton, lm, activations, served)
         bind_kv_builder(triton, lm, activations)
-        _bind_embedder(triton, settings)
 
     return bind
 
