@@ -214,9 +214,8 @@ class Adapters:
             with torch.inference_mode():
                 replay_base = self.lm.model.model(input_ids=replay).last_hidden_state.clone()
         self.use(name)
-        named = {
-            n: p for n, p in lm.model.named_parameters() if "lora_" in n and f".{_module_name(name)}." in n
-        }
+        module = _module_name(name)
+        named = {n: p for n, p in lm.model.named_parameters() if "lora_" in n and f".{module}." in n}
         params = list(named.values())
         for p in params:
             p.requires_grad_(True)
@@ -235,7 +234,7 @@ class Adapters:
             if state.get("fingerprint") == fingerprint:
                 with torch.no_grad():
                     for n, value in state["lora"].items():
-                        named[n.replace("{adapter}", _module_name(name))].copy_(value)
+                        named[n.replace("{adapter}", module)].copy_(value)
                 optimizer.load_state_dict(state["optimizer"])
                 schedule.load_state_dict(state["schedule"])
                 rng.setstate(_python_rng_state(state["rng"]))
@@ -271,8 +270,7 @@ class Adapters:
                         "epoch": epoch + 1,
                         "step": step,
                         "lora": {
-                            n.replace(_module_name(name), "{adapter}"): p.detach().clone()
-                            for n, p in named.items()
+                            n.replace(module, "{adapter}"): p.detach().clone() for n, p in named.items()
                         },
                         "optimizer": optimizer.state_dict(),
                         "schedule": schedule.state_dict(),

@@ -58,10 +58,10 @@ class Distiller:
         self, cube_id: str, names: list[str], *, request_id: str, reason: str, replaces: str = ""
     ) -> lifecycle_pb2.Operation:
         """Queue the distillation of ``names`` (or of the cube's live plaintext memories)."""
-        name = operation_name(cube_id, operation_id(cube_id, request_id))
-        existing = await self.operations.find(name)
+        existing = await self.find(cube_id, request_id)
         if existing is not None:
             return existing  # a retry
+        name = operation_name(cube_id, operation_id(cube_id, request_id))
         sources = await self._sources(cube_id, names)
         if not sources:
             raise FailedPrecondition(
@@ -89,11 +89,9 @@ class Distiller:
         log.info("queued %s: distil %d memories of %s (%s)", name, len(sources), cube_id, reason)
         return operation
 
-    async def queued(self, cube_id: str, request_id: str) -> bool:
-        """Whether a promotion with ``request_id`` was queued already."""
-        return (
-            await self.operations.find(operation_name(cube_id, operation_id(cube_id, request_id))) is not None
-        )
+    async def find(self, cube_id: str, request_id: str) -> lifecycle_pb2.Operation | None:
+        """The operation of the promotion queued with ``request_id``, if there was one."""
+        return await self.operations.find(operation_name(cube_id, operation_id(cube_id, request_id)))
 
     async def _sources(self, cube_id: str, names: list[str]) -> list[str]:
         if len(names) > MAX_NAMES:

@@ -105,7 +105,7 @@ class Sweeper:
         if not names:
             return False
         request_id = distillation_request_id(names)
-        if await self._distiller.queued(cube_id, request_id):
+        if await self._distiller.find(cube_id, request_id) is not None:
             return False  # queued by an earlier sweep (running, done, or failed: see the operation)
         await self._distiller.promote(cube_id, names[:MAX_NAMES], request_id=request_id, reason="policy")
         return True

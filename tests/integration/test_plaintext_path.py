@@ -6,13 +6,18 @@ import asyncio
 
 import grpc
 import nats as nats_client
+import numpy as np
 import pytest
+from google.protobuf import timestamp_pb2
 
 from memos.events.v1 import events_pb2
+from memos.type.v1 import memory_pb2
+from memos.vault.v1 import commands_pb2
 from memos_sdk import MemosAPIError
 from memos_sdk.events import decode_event
 from memos_sdk.tokens import count_tokens
-from memos_sdk.wire import EventKind, Header, events_subject
+from memos_sdk.wire import EventKind, Header, events_subject, writes_subject
+from services.common.bus import publish, wait_applied
 
 pytestmark = pytest.mark.integration
 
@@ -227,14 +232,6 @@ LEGACY_ID = "0123456789abcdef0123456789abcdef"
 
 async def test_a_write_logged_before_writes_were_sealed_is_still_applied(mesh, cube):
     """A mesh upgraded from before sealing replays its old, unsealed puts into the new index."""
-    import numpy as np
-    from google.protobuf import timestamp_pb2
-
-    from memos.type.v1 import memory_pb2
-    from memos.vault.v1 import commands_pb2
-    from memos_sdk.wire import writes_subject
-    from services.common.bus import publish, wait_applied
-
     memory = memory_pb2.Memory(
         name=f"cubes/{cube}/memories/{LEGACY_ID}",
         cube_id=cube,
