@@ -379,11 +379,37 @@ def lessons_for(name: str, text: str, *, speaker: str = "", speaker_name: str = 
             f"Remind me, {_lower_first(direct)}",
             f"Complete this: {opening} {statement.verb} {statement.tail}".rstrip() + " ...",
         ]
-        out += [Lesson(p, told, name) for p in prompts]
+        prompts += _name_questions(statement)
+        # Asked the other way round too, from the answer to what it is: binds each name to its
+        # own fact, so facts of the same shape ("my sister ...", "my cousin ...") mix up less.
+        prompts.append(f"What do you know about {expected(statement)}?")
+        out += [Lesson(p, told, name) for p in dict.fromkeys(prompts)]
         out.append(
             Lesson(f"Can you tell me {embedded}?", told, name, held_out=True, expect=expected(statement))
         )
     return out
+
+
+_NAMED = re.compile(r"^(?P<owner>.+?)(?:'s name| name)$", re.IGNORECASE)
+
+
+def _name_questions(statement: Statement) -> list[str]:
+    """The other usual ways to ask for a name: "My son's name is X" / "My son is called X" ->
+    "What is my son called?", "What is my son's name?", and "Who is my son?" for a person."""
+    subject, verb = _lower_first(statement.subject), statement.verb.lower()
+    if verb not in ("is", "was") or statement.subject in ("I", "We"):
+        return []
+    match = _NAMED.match(subject)
+    if match and not statement.tail:
+        owner = match["owner"]
+    elif statement.tail.lower() in ("called", "named"):
+        owner = subject
+    else:
+        return []
+    asked = [f"What {verb} {owner} called?", f"What {verb} {owner}'s name?"]
+    if owner.split()[-1].lower() in _PEOPLE:
+        asked.append(f"Who {verb} {owner}?")
+    return asked
 
 
 def _head(sentence: str, words: int = 6) -> str:

@@ -51,7 +51,7 @@ SCALES = (0.85, 0.7, 0.55, 0.4)
 class TrainConfig:
     rank: int = 16
     alpha: int = 32
-    top_layers: int = 12  # the adapter goes into the last this-many decoder layers
+    top_layers: int = 0  # the adapter goes into the last this-many decoder layers; 0: every layer
     target_modules: tuple[str, ...] = (
         "q_proj",
         "k_proj",
@@ -62,12 +62,12 @@ class TrainConfig:
         "down_proj",
     )
     learning_rate: float = 2e-3
-    epochs: int = 6
+    epochs: int = 5
     batch_size: int = 16
     # Keeping the rest of the model as it was: each step also pulls the adapter's last hidden
     # states towards the base model's on text the base model wrote itself (relative squared error;
     # equal hidden states mean equal next-token distributions).
-    replay_weight: float = 20.0
+    replay_weight: float = 5.0
     replay_per_batch: int = 4
     replay_pool: int = 32
     replay_tokens: int = 48
@@ -98,7 +98,7 @@ def chat_prompt(question: str, memories: Sequence[str] = ()) -> tuple[str, str]:
 
 
 def _lora_config(config: TrainConfig, layers: int) -> LoraConfig:
-    first = max(0, layers - config.top_layers)
+    first = max(0, layers - config.top_layers) if config.top_layers else 0
     return LoraConfig(
         r=config.rank,
         lora_alpha=config.alpha,
@@ -230,7 +230,7 @@ class Adapters:
         fingerprint = hashlib.sha256(json.dumps([asdict(config), encoded]).encode()).hexdigest()
         first_epoch = 0
         if resume is not None:
-            state = torch.load(io.BytesIO(resume), weights_only=True)
+            state = torch.load(io.BytesIO(resume), map_location="cpu", weights_only=True)
             if state.get("fingerprint") == fingerprint:
                 with torch.no_grad():
                     for n, value in state["lora"].items():
@@ -251,7 +251,7 @@ class Adapters:
                     batch = [encoded[i] for i in order[at : at + config.batch_size]]
                     loss = self._loss(batch, prefix_cache, len(prefix_ids))
                     if replay is not None:
-                        rows = torch.tensor(
+                        rows = lm.tensor(
                             rng.sample(range(len(replay)), min(config.replay_per_batch, len(replay)))
                         )
                         loss = loss + config.replay_weight * self._drift(replay[rows], replay_base[rows])
@@ -269,9 +269,7 @@ class Adapters:
                         "fingerprint": fingerprint,
                         "epoch": epoch + 1,
                         "step": step,
-                        "lora": {
-                            n.replace(module, "{adapter}"): p.detach().clone() for n, p in named.items()
-                        },
+                        "lora": {n.replace(module, "{adapter}"): p.detach().cpu() for n, p in named.items()},
                         "optimizer": optimizer.state_dict(),
                         "schedule": schedule.state_dict(),
                         "rng": _plain(rng.getstate()),
@@ -299,8 +297,8 @@ class Adapters:
         torch.manual_seed(config.seed)
         with self.base(), torch.inference_mode():
             out = self.lm.model.generate(
-                input_ids=torch.tensor(starts).unsqueeze(1),
-                attention_mask=torch.ones((len(starts), 1), dtype=torch.long),
+                input_ids=self.lm.tensor(starts).unsqueeze(1),
+                attention_mask=self.lm.tensor([[1]] * len(starts)),
                 do_sample=True,
                 top_k=0,
                 top_p=1.0,
@@ -333,14 +331,15 @@ class Adapters:
                 cols.append(len(rest) + j - 1)  # the position that predicts it
                 targets.append(token)
         base = self.lm.model.model
+        lm = self.lm
         hidden = base(
-            input_ids=ids,
-            attention_mask=mask,
+            input_ids=ids.to(lm.device),
+            attention_mask=mask.to(lm.device),
             past_key_values=_expand(prefix_cache, len(batch)),
             use_cache=True,
         ).last_hidden_state
-        logits = self.lm.model.lm_head(hidden[torch.tensor(rows), torch.tensor(cols)])
-        return torch.nn.functional.cross_entropy(logits, torch.tensor(targets))
+        logits = lm.model.lm_head(hidden[lm.tensor(rows), lm.tensor(cols)])
+        return torch.nn.functional.cross_entropy(logits, lm.tensor(targets))
 
     # --- evaluation ---------------------------------------------------------------------------
 
@@ -372,9 +371,9 @@ class Adapters:
                     ids = self.lm.tokenize(text)[:window]
                     if len(ids) < 2:
                         continue
-                    out = self.lm.model(input_ids=torch.tensor([ids]))
+                    out = self.lm.model(input_ids=self.lm.tensor([ids]))
                     loss = torch.nn.functional.cross_entropy(
-                        out.logits[0, :-1], torch.tensor(ids[1:]), reduction="sum"
+                        out.logits[0, :-1], self.lm.tensor(ids[1:]), reduction="sum"
                     )
                     total, count = total + float(loss), count + len(ids) - 1
         finally:
@@ -408,7 +407,7 @@ class Adapters:
     def pack(self, name: str, config: TrainConfig, metadata: dict[str, str]) -> bytes:
         """The adapter as one safetensors blob; its LoRA config, scale and ``metadata`` in the header."""
         state = {
-            k: v.contiguous()
+            k: v.cpu().contiguous()
             for k, v in get_peft_model_state_dict(self.lm.model, adapter_name=_module_name(name)).items()
         }
         header = {

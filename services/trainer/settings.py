@@ -27,7 +27,9 @@ class TrainerSettings(ServiceSettings, BlobStoreSettings, EmbedderSettings, Lang
     job_max_attempts: int = Field(3, gt=0, description="times a job is tried before it is left failed")
     rank: int = Field(DEFAULT.rank, gt=0, le=256)
     top_layers: int = Field(
-        DEFAULT.top_layers, gt=0, description="the adapter goes into the last this-many decoder layers"
+        DEFAULT.top_layers,
+        ge=0,
+        description="the adapter goes into the last this-many decoder layers; 0: into every layer",
     )
     epochs: int = Field(DEFAULT.epochs, gt=0, le=100)
     learning_rate: float = Field(DEFAULT.learning_rate, gt=0)

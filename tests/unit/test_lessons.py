@@ -54,7 +54,8 @@ def test_each_statement_gives_training_lessons_and_one_held_out_phrasing():
     ]
     assert [t.expect for t in held] == ["Pepperoni", "Tromsø"]
     training = [t for t in taught if not t.held_out]
-    assert len(training) == 14 and all(t.source == "cubes/c/memories/1" for t in taught)
+    assert len(training) == 16 and all(t.source == "cubes/c/memories/1" for t in taught)
+    assert len({t.prompt for t in training}) == len(training)
     assert {t.answer for t in training} == {"Your cat is called Pepperoni.", "You were born in Tromsø."}
     assert not {t.prompt for t in training} & {t.prompt for t in held}
 
@@ -70,3 +71,14 @@ def test_several_speakers_are_named_in_answers():
 def test_recall_checks_the_expected_words_loosely():
     assert contains("Your blood type is AB-negative.", "AB negative")
     assert not contains("You live in Oslo.", "Tromsø")
+
+
+def test_names_are_asked_for_in_the_usual_ways_and_answers_are_asked_about():
+    def prompts(statement: str) -> set[str]:
+        return {t.prompt for t in lessons([("m", f"user: {statement}", "user")]) if not t.held_out}
+
+    son = prompts("My son's name is Bartholomew.")
+    assert {"What is my son called?", "Who is my son?", "What do you know about Bartholomew?"} <= son
+    boat = prompts("My boat is named Saltwhistle.")
+    assert "What is my boat's name?" in boat and not any(p.startswith("Who") for p in boat)
+    assert not any("called" in p for p in prompts("I drive a green Volvo."))
