@@ -81,6 +81,11 @@ class LanguageModelSettings(ModelFilesSettings):
         "", description="name of the model in KV and adapter keys; default: from the path"
     )
     torch_threads: int = Field(0, ge=0, description="0 lets torch decide")
+    llm_device: str = Field(
+        "auto",
+        pattern=r"^(auto|cpu|cuda(:\d+)?)$",
+        description="where the language model runs and adapters train: auto (the GPU when torch sees one), cpu, cuda, cuda:N",
+    )
 
 
 class InferenceClientSettings(BaseSettings):

@@ -70,8 +70,8 @@ def parse_ref(ref: str) -> tuple[str, str, str]:
 def encode(cache: DynamicCache, dtype: torch.dtype, metadata: dict[str, str]) -> bytes:
     tensors = {}
     for i, layer in enumerate(cache.layers):
-        tensors[f"k{i}"] = layer.keys[0].to(dtype).contiguous()
-        tensors[f"v{i}"] = layer.values[0].to(dtype).contiguous()
+        tensors[f"k{i}"] = layer.keys[0].to("cpu", dtype).contiguous()
+        tensors[f"v{i}"] = layer.values[0].to("cpu", dtype).contiguous()
     return save_tensors(tensors, metadata=metadata)
 
 
@@ -95,10 +95,10 @@ class StoredKv:
         nbytes = sum(k.nbytes + v.nbytes for k, v in layers)
         return cls(layers, layers[0][0].shape[1] if layers else 0, nbytes)
 
-    def to_cache(self, dtype: torch.dtype) -> DynamicCache:
+    def to_cache(self, dtype: torch.dtype, device: torch.device | str = "cpu") -> DynamicCache:
         cache = DynamicCache()
         for i, (k, v) in enumerate(self.layers):
-            cache.update(k.to(dtype).unsqueeze(0), v.to(dtype).unsqueeze(0), i)
+            cache.update(k.to(device, dtype).unsqueeze(0), v.to(device, dtype).unsqueeze(0), i)
         return cache
 
 
@@ -161,8 +161,10 @@ class ActivationStore:
         hot: HotCaches,
         dtype: torch.dtype,
         compute_dtype: torch.dtype,
+        device: torch.device | str = "cpu",
     ) -> None:
         self.model_id = model_id
+        self.device = device
         self.blobs = blobs
         self.hot = hot
         self.dtype = dtype
@@ -204,7 +206,7 @@ class ActivationStore:
             except NotFound:
                 return None, KvStatus.MISSING
             self.hot.put(ref, entry)
-        return entry.to_cache(self.compute_dtype), status
+        return entry.to_cache(self.compute_dtype, self.device), status
 
     def delete(self, cube_id: str, ref: str) -> None:
         self._own(cube_id, ref)

@@ -114,10 +114,22 @@ class Completion:
     finish_reason: str = ""
 
 
+def pick_device(name: str = "auto") -> torch.device:
+    """``auto``: the first GPU when torch sees one, else the CPU."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = torch.device(name)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise RuntimeError(f"llm_device is {name} but torch sees no GPU")
+    return device
+
+
 class LanguageModel:
-    def __init__(self, model_dir: Path, *, model_id: str | None = None) -> None:
+    def __init__(self, model_dir: Path, *, model_id: str | None = None, device: str = "cpu") -> None:
+        self.device = pick_device(device)
         self.tokenizer = AutoTokenizer.from_pretrained(str(model_dir))
         self.model = AutoModelForCausalLM.from_pretrained(str(model_dir), dtype=torch.float32)
+        self.model.to(self.device)
         self.model.eval()
         self.model_id = re.sub(r"[^A-Za-z0-9._-]+", "-", model_id or model_dir.name).strip("-").lower()
         self.max_context = int(getattr(self.model.config, "max_position_embeddings", 2048))
@@ -129,6 +141,10 @@ class LanguageModel:
         # Runs the prefix: the base model's own (``lora.Adapters`` turns an active adapter off in it).
         self.base_context: Callable[[], contextlib.AbstractContextManager] = contextlib.nullcontext
 
+    def tensor(self, data, dtype: torch.dtype | None = None) -> torch.Tensor:
+        """``data`` as a tensor on the model's device."""
+        return torch.tensor(data, dtype=dtype, device=self.device)
+
     def tokenize(self, text: str) -> list[int]:
         return self.tokenizer.encode(text, add_special_tokens=False) if text else []
 
@@ -138,7 +154,7 @@ class LanguageModel:
         if ids:
             with torch.inference_mode(), self.base_context():
                 self.model(
-                    input_ids=torch.tensor([ids]), past_key_values=cache, use_cache=True, logits_to_keep=1
+                    input_ids=self.tensor([ids]), past_key_values=cache, use_cache=True, logits_to_keep=1
                 )
         return cache
 
@@ -180,7 +196,7 @@ class LanguageModel:
         with torch.inference_mode():
             for _ in range(sampling.max_new_tokens):
                 out = self.model(
-                    input_ids=torch.tensor([feed]), past_key_values=cache, use_cache=True, logits_to_keep=1
+                    input_ids=self.tensor([feed]), past_key_values=cache, use_cache=True, logits_to_keep=1
                 )
                 token = _pick(out.logits[0, -1], sampling, rng)
                 if token in self.eos_ids:
@@ -214,7 +230,7 @@ def _first_stop(text: str, stops: tuple[str, ...]) -> int | None:
 def _pick(logits: torch.Tensor, sampling: Sampling, rng: torch.Generator) -> int:
     if sampling.temperature == 0.0:
         return int(torch.argmax(logits))
-    probs = torch.softmax(logits.float() / sampling.temperature, dim=-1)
+    probs = torch.softmax(logits.float().cpu() / sampling.temperature, dim=-1)  # the CPU generator
     if sampling.top_p < 1.0:
         sorted_probs, order = torch.sort(probs, descending=True)
         keep = torch.cumsum(sorted_probs, dim=-1) - sorted_probs < sampling.top_p
@@ -225,6 +241,10 @@ def _pick(logits: torch.Tensor, sampling: Sampling, rng: torch.Generator) -> int
 def load_language_model(settings: LanguageModelSettings) -> LanguageModel:
     source = settings.llm_model_path or packaged_model_path()
     model_id = settings.llm_model_id or (source.stem if source.is_file() else source.name).lower()
-    lm = LanguageModel(materialize(source, settings.model_cache_dir), model_id=model_id)
-    log.info("language model %s loaded from %s (context %d)", lm.model_id, source, lm.max_context)
+    lm = LanguageModel(
+        materialize(source, settings.model_cache_dir), model_id=model_id, device=settings.llm_device
+    )
+    log.info(
+        "language model %s loaded from %s on %s (context %d)", lm.model_id, source, lm.device, lm.max_context
+    )
     return lm

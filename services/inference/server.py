@@ -50,6 +50,7 @@ def _load_models(settings: InferenceSettings) -> Callable[[Triton], None]:
         hot=HotCaches(settings.kv_hot_bytes),
         dtype=KV_DTYPES[settings.kv_dtype],
         compute_dtype=torch.float32,
+        device=lm.device,
     )
     served = ServedAdapters(Adapters(lm), open_blob_store(settings), max_loaded=settings.max_adapters)
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import pytest
@@ -58,3 +59,17 @@ def test_each_service_verifies_tokens_and_only_governance_holds_the_signing_key(
     assert env[prefix + "SERVICE_API_KEY"]["valueFrom"]["secretKeyRef"]["name"] == "memos-auth"
     signing = [v for v in volumes.values() if v.get("secret", {}).get("secretName") == "memos-signing-key"]
     assert bool(signing) == (service == "governance")
+
+
+def test_the_gpu_component_gives_a_gpu_to_generation_and_training():
+    component = yaml.safe_load((BASE.parent / "components" / "gpu" / "kustomization.yaml").read_text())
+    (patch,) = component["patches"]
+    deployments = {
+        d["metadata"]["name"]
+        for path in BASE.glob("*.yaml")
+        for d in _docs(path)
+        if d.get("kind") == "Deployment"
+    }
+    matched = {name for name in deployments if re.fullmatch(patch["target"]["name"], name)}
+    assert matched == {"inference", "trainer"}
+    assert "nvidia.com~1gpu" in patch["patch"]
