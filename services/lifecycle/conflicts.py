@@ -113,8 +113,8 @@ def judge(
     shared. A duplicate needs the same words, or all the shorter one's topic words in the other.
     """
     old, new = content(earlier), content(later)
-    if not old or not new:
-        return None
+    if not old or not new or similarity < min(duplicate_similarity, conflict_similarity):
+        return None  # (the resolver skips such pairs before it reads the later memory's text)
     if old == new:
         return Verdict("duplicate", similarity, "the same words")
     old_topic, new_topic = topic_words(old), topic_words(new)
@@ -173,7 +173,7 @@ class ConflictResolver:
         for msg in msgs:
             try:
                 created = events_pb2.MemoryCreated.FromString(msg.data)
-                await self.resolve(created.memory.name)
+                await self.resolve(created.memory)
             except NotFound:
                 pass  # deleted since
             except MemosError as err:
@@ -186,27 +186,39 @@ class ConflictResolver:
                 continue
             await msg.ack()
 
-    async def resolve(self, name: str) -> Verdict | None:
-        """Judge a memory against its nearest live neighbours and apply the verdict."""
-        memory = await self._mover.get(name)
-        if memory.state not in states.LIVE or memory.kind != memory_pb2.MEMORY_KIND_PLAINTEXT:
+    async def resolve(self, created: memory_pb2.Memory) -> Verdict | None:
+        """Judge a new memory (``created``: its header, as events carry it) against its nearest
+        live neighbours and apply the verdict."""
+        if created.kind != memory_pb2.MEMORY_KIND_PLAINTEXT:
             return None
-        if not (await self._policies.get(memory.cube_id)).resolve_conflicts:
+        if not (await self._policies.get(created.cube_id)).resolve_conflicts:
             return None
         async with forward_errors("vault"):
             found = await self._vault.Query(
                 vault_pb2.QueryRequest(
-                    cube_id=memory.cube_id,
-                    similar_to=name,
+                    cube_id=created.cube_id,
+                    similar_to=created.name,
                     limit=self._settings.conflict_candidates,
-                    filter=vault_pb2.MemoryFilter(speaker=memory.speaker),
+                    filter=vault_pb2.MemoryFilter(speaker=created.speaker),
                 ),
                 timeout=self._settings.vault_timeout_seconds,
             )
-        for hit in found.results:
+        floor = min(self._settings.duplicate_similarity, self._settings.conflict_similarity)
+        close = [
+            hit
+            for hit in found.results
+            # another speaker, or a piece of the same turn, is no conflict
+            if hit.score >= floor
+            and hit.memory.speaker == created.speaker
+            and not _sources(hit.memory) & _sources(created)
+        ]
+        if not close:
+            return None  # most new memories: their text is not read at all
+        memory = await self._mover.get(created.name)
+        if memory.state not in states.LIVE:
+            return None
+        for hit in close:
             other = hit.memory
-            if other.speaker != memory.speaker or _sources(other) & _sources(memory):
-                continue  # another speaker, or a piece of the same turn
             earlier, later = sorted((other, memory), key=lambda m: (when(m), m.create_time.ToNanoseconds()))
             verdict = judge(
                 earlier,

@@ -1,10 +1,13 @@
-"""Cube policies in the MEMOS_POLICIES key-value bucket, so every lifecycle replica reads the same."""
+"""Cube policies in the MEMOS_POLICIES key-value bucket, so every lifecycle replica reads the same.
+
+Read from an in-memory mirror of the bucket: the conflict check asks for the policy of every new
+memory."""
 
 from __future__ import annotations
 
+from contextlib import AsyncExitStack
+
 from nats.js import JetStreamContext
-from nats.js.errors import KeyNotFoundError, NoKeysError
-from nats.js.kv import KeyValue
 
 from memos.lifecycle.v1 import lifecycle_pb2
 from memos_sdk.wire import Bucket
@@ -12,6 +15,7 @@ from services.common import validation
 from services.common.buckets import open_bucket
 from services.common.clock import now_timestamp
 from services.common.errors import InvalidArgument
+from services.common.kvmirror import KvMirror
 
 MIN_DURATION_SECONDS = 1.0
 MAX_REDACTED_NAMES = 100
@@ -62,26 +66,26 @@ def check(policy: lifecycle_pb2.Policy) -> None:
 
 
 class Policies:
-    def __init__(self, bucket: KeyValue, *, default_resolve_conflicts: bool) -> None:
-        self._bucket = bucket
+    def __init__(self, mirror: KvMirror, *, default_resolve_conflicts: bool) -> None:
+        self._mirror = mirror
         self._default_resolve_conflicts = default_resolve_conflicts
 
     @classmethod
-    async def open(cls, js: JetStreamContext, *, default_resolve_conflicts: bool) -> Policies:
-        bucket = await open_bucket(js, Bucket.POLICIES)
-        return cls(bucket, default_resolve_conflicts=default_resolve_conflicts)
+    async def open(
+        cls, stack: AsyncExitStack, js: JetStreamContext, *, default_resolve_conflicts: bool
+    ) -> Policies:
+        mirror = KvMirror(await open_bucket(js, Bucket.POLICIES))
+        await mirror.start(stack)
+        return cls(mirror, default_resolve_conflicts=default_resolve_conflicts)
 
     async def get(self, cube_id: str) -> lifecycle_pb2.Policy:
         """The cube's policy, or the default one (no TTL, no decay) when none was set."""
-        try:
-            entry = await self._bucket.get(cube_id)
-        except KeyNotFoundError:
-            entry = None
-        if entry is None or not entry.value:
+        value = self._mirror.get(cube_id)
+        if not value:
             return lifecycle_pb2.Policy(
                 name=policy_name(cube_id), resolve_conflicts=self._default_resolve_conflicts
             )
-        return lifecycle_pb2.Policy.FromString(entry.value)
+        return lifecycle_pb2.Policy.FromString(value)
 
     async def set(self, policy: lifecycle_pb2.Policy) -> lifecycle_pb2.Policy:
         cube_id = cube_of(policy.name)
@@ -89,12 +93,11 @@ class Policies:
         stored = lifecycle_pb2.Policy()
         stored.CopyFrom(policy)
         stored.update_time.CopyFrom(now_timestamp())
-        await self._bucket.put(cube_id, stored.SerializeToString())
+        value = stored.SerializeToString()
+        revision = await self._mirror.bucket.put(cube_id, value)
+        self._mirror.apply(cube_id, value, revision)  # read back at once, ahead of the watch
         return stored
 
     async def cubes(self) -> list[str]:
         """Cubes that have a policy of their own."""
-        try:
-            return sorted(await self._bucket.keys())
-        except NoKeysError:
-            return []
+        return sorted(self._mirror.keys())

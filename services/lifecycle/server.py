@@ -194,7 +194,7 @@ async def setup(stack: AsyncExitStack, settings: LifecycleSettings) -> Component
     channel: grpc.aio.Channel = await stack.enter_async_context(open_channel(settings.vault_addr, settings))
     vault = vault_pb2_grpc.VaultServiceStub(channel)
     js = await open_jetstream(stack, settings.nats_url, "lifecycle")
-    policies = await Policies.open(js, default_resolve_conflicts=settings.default_resolve_conflicts)
+    policies = await Policies.open(stack, js, default_resolve_conflicts=settings.default_resolve_conflicts)
     keys = await SubjectKeys.start(stack, js)
     mover = Mover(settings, js, vault, keys)
     distiller = Distiller(settings, js, vault, await Operations.open(js))

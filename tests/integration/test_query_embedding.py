@@ -28,3 +28,23 @@ async def test_local_and_triton_embeddings_agree(triton_addr):
     assert ours.shape == theirs.shape == (len(TEXTS), 384)
     assert np.allclose(np.linalg.norm(ours, axis=1), 1.0, atol=1e-5)
     assert (ours * theirs).sum(axis=1).min() > 0.999
+
+
+def test_the_onnx_graph_gives_the_vectors_of_the_model_itself():
+    import torch
+    from transformers import AutoModel, AutoTokenizer
+
+    from services.common.onnx_embedding import OnnxEncoder, export
+
+    settings = QueryEmbedderSettings()
+    model_dir = settings.embedding_model_dir()
+    ours = OnnxEncoder(export(model_dir, settings.model_cache_dir)).encode(TEXTS)
+    tokenizer = AutoTokenizer.from_pretrained(str(model_dir))
+    model = AutoModel.from_pretrained(str(model_dir)).eval()
+    batch = tokenizer(TEXTS, padding=True, truncation=True, max_length=256, return_tensors="pt")
+    with torch.no_grad():
+        hidden = model(**batch).last_hidden_state
+    mask = batch["attention_mask"].unsqueeze(-1).float()
+    pooled = (hidden * mask).sum(1) / mask.sum(1)
+    theirs = torch.nn.functional.normalize(pooled, dim=1).numpy()
+    assert (ours * theirs).sum(axis=1).min() > 0.9999

@@ -142,3 +142,7 @@ def test_restatements_are_duplicates_and_related_statements_are_left_alone():
     # a change cue on another topic, or too far apart, changes nothing
     assert _judge("I love painting sunsets.", "I quit my job at the bank.", 0.78) is None
     assert _judge("My favorite color is blue.", "My favorite color is green now.", 0.6) is None
+    # the same words far apart in meaning (a short reply on another day): no neighbour to judge
+    assert _judge("Yes, I did!", "Yes, I did!", 0.6) is None
+    verdict = _judge("Yes, I did!", "Yes, I did!", 0.8)
+    assert verdict is not None and verdict.reason == "the same words"
