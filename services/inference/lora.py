@@ -316,8 +316,9 @@ class Adapters:
         return ((mine - base) ** 2).sum(-1).mean() / (base**2).sum(-1).mean()
 
     def _loss(self, batch, prefix_cache: DynamicCache, prefix_len: int) -> torch.Tensor:
+        lm = self.lm
         width = max(len(rest) + len(answer) for rest, answer in batch)
-        pad = self.lm.tokenizer.pad_token_id or 0
+        pad = lm.tokenizer.pad_token_id or 0
         ids = torch.full((len(batch), width), pad, dtype=torch.long)
         mask = torch.zeros((len(batch), prefix_len + width), dtype=torch.long)
         mask[:, :prefix_len] = 1
@@ -330,9 +331,7 @@ class Adapters:
                 rows.append(b)
                 cols.append(len(rest) + j - 1)  # the position that predicts it
                 targets.append(token)
-        base = self.lm.model.model
-        lm = self.lm
-        hidden = base(
+        hidden = lm.model.model(
             input_ids=ids.to(lm.device),
             attention_mask=mask.to(lm.device),
             past_key_values=_expand(prefix_cache, len(batch)),

@@ -97,6 +97,11 @@ def when(memory: memory_pb2.Memory) -> int:
     return stamp.ToNanoseconds()
 
 
+def similarity_floor(duplicate_similarity: float, conflict_similarity: float) -> float:
+    """The cosine below which no rule of ``judge`` can fire."""
+    return min(duplicate_similarity, conflict_similarity)
+
+
 def judge(
     earlier: memory_pb2.Memory,
     later: memory_pb2.Memory,
@@ -113,8 +118,8 @@ def judge(
     shared. A duplicate needs the same words, or all the shorter one's topic words in the other.
     """
     old, new = content(earlier), content(later)
-    if not old or not new or similarity < min(duplicate_similarity, conflict_similarity):
-        return None  # (the resolver skips such pairs before it reads the later memory's text)
+    if not old or not new or similarity < similarity_floor(duplicate_similarity, conflict_similarity):
+        return None
     if old == new:
         return Verdict("duplicate", similarity, "the same words")
     old_topic, new_topic = topic_words(old), topic_words(new)
@@ -203,7 +208,8 @@ class ConflictResolver:
                 ),
                 timeout=self._settings.vault_timeout_seconds,
             )
-        floor = min(self._settings.duplicate_similarity, self._settings.conflict_similarity)
+        # Pairs the judge would turn down are skipped before the new memory's text is read.
+        floor = similarity_floor(self._settings.duplicate_similarity, self._settings.conflict_similarity)
         close = [
             hit
             for hit in found.results
