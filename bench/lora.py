@@ -107,7 +107,12 @@ def run(sizes: list[int], config: TrainConfig, facts_path: Path = FACTS, *, base
         "facts_file": facts_path.name,
         "model": lm.model_id,
         "config": asdict(config),
-        "machine": {"cpu_threads": torch.get_num_threads(), "platform": platform.platform()},
+        "machine": {
+            "cpu_threads": torch.get_num_threads(),
+            "platform": platform.platform(),
+            "device": str(lm.device),
+            "gpu": torch.cuda.get_device_name(lm.device) if lm.device.type == "cuda" else None,
+        },
         "rows": rows,
         "adapter_misses": misses,
     }

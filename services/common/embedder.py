@@ -92,7 +92,14 @@ def open_query_embedder(stack: AsyncExitStack, settings: QueryEmbedderSettings) 
     from .onnx_embedding import LocalEmbedder, export
 
     export_dir = export(settings.embedding_model_dir(), settings.model_cache_dir)
-    embedder = LocalEmbedder(export_dir, dim=settings.embed_dim, threads=settings.query_embed_threads)
+    embedder = LocalEmbedder(
+        export_dir,
+        dim=settings.embed_dim,
+        threads=settings.query_embed_threads,
+        int8=settings.query_embed_int8,
+    )
     stack.push_async_callback(embedder.close)
-    log.info("query embeddings in-process from %s", export_dir)
+    log.info(
+        "query embeddings in-process from %s%s", export_dir, " (int8)" if settings.query_embed_int8 else ""
+    )
     return embedder

@@ -33,11 +33,6 @@ def _place(memory: memory_pb2.Memory) -> tuple[str, int] | None:
     return sources[0].session_id, sources[0].position
 
 
-def _position(memory: memory_pb2.Memory) -> int:
-    place = _place(memory)
-    return place[1] if place else 0
-
-
 def span_text(span: Sequence[memory_pb2.Memory]) -> str:
     """The members' texts joined; a date line repeated from the first member is dropped."""
     first = span[0].text
@@ -66,7 +61,8 @@ def assemble(
     is always made of whole memories. Exact repeats of a text are skipped.
     """
     ranked = list(candidates)
-    at = {place: i for i, c in enumerate(ranked) if (place := _place(c.memory))}
+    places = [_place(c.memory) for c in ranked]
+    at = {place: i for i, place in enumerate(places) if place}
     taken: set[int] = set()
     seen: set[str] = set()
     chosen: list[Assembled] = []
@@ -77,7 +73,7 @@ def assemble(
         if i in taken:
             continue
         members = [i]
-        place = _place(candidate.memory)
+        place = places[i]
         if place and candidate.score > 0 and max_span > 1:
             for step in (-1, 1):
                 position = place[1] + step
@@ -87,7 +83,7 @@ def assemble(
                         break
                     members.append(j)
                     position += step
-        members.sort(key=lambda j: _position(ranked[j].memory))
+        members.sort(key=lambda j: places[j][1] if places[j] else 0)
         for attempt in (members, [i]) if len(members) > 1 else ([i],):
             span = tuple(ranked[j].memory for j in attempt)
             text = span_text(span)

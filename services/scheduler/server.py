@@ -95,7 +95,7 @@ async def setup(stack: AsyncExitStack, settings: SchedulerSettings) -> Component
     channel: grpc.aio.Channel = await stack.enter_async_context(open_channel(settings.vault_addr, settings))
     vault = vault_pb2_grpc.VaultServiceStub(channel)
     js = await open_jetstream(stack, settings.nats_url, "scheduler")
-    usage = AccessRecorder(js, enabled=settings.record_usage)
+    usage = AccessRecorder(js, enabled=settings.record_usage, linger_seconds=settings.usage_linger_seconds)
     stack.push_async_callback(usage.close)
     retriever = Retriever(settings, vault, open_query_embedder(stack, settings), usage)
     generator = open_generator(stack, settings)

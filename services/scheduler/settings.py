@@ -19,6 +19,9 @@ class SchedulerSettings(ServiceSettings, QueryEmbedderSettings, GeneratorSetting
     max_span: int = Field(4, gt=0, le=16, description="memories in one span (1: never join)")
     vault_timeout_seconds: float = Field(10.0, gt=0)
     record_usage: bool = Field(True, description="count the memories searches and chats return (usage)")
+    usage_linger_seconds: float = Field(
+        1.0, ge=0, description="uses gather this long before one record per cube goes out (0: at once)"
+    )
     chat_top_k: int = Field(8, gt=0, le=50, description="memories retrieved for a chat turn")
     chat_memory_budget_tokens: int = Field(
         600, ge=0, description="tokens of retrieved memories placed as text"

@@ -1,7 +1,8 @@
 """Records which memories searches returned (MEMOS_USAGE); the vault folds them into usage counts,
 and the lifecycle's decay and promotion rules read those.
 
-Recording never slows a search down: records are published in the background, and a record that
+Recording never slows a search down: uses gather for ``linger_seconds`` and go out as one record
+per cube (a memory used n times is named n times), published in the background. A record that
 cannot be published is logged and dropped (usage is a signal, not data).
 """
 
@@ -10,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import uuid
+from collections import defaultdict
 from collections.abc import Iterable
 
 from nats.js import JetStreamContext
@@ -21,31 +23,49 @@ from services.common.clock import now_timestamp
 
 log = logging.getLogger(__name__)
 
+MAX_NAMES_PER_RECORD = 4096  # keeps a record far below the bus's message size limit
+
 
 class AccessRecorder:
-    def __init__(self, js: JetStreamContext, *, enabled: bool) -> None:
+    def __init__(self, js: JetStreamContext, *, enabled: bool, linger_seconds: float = 0.0) -> None:
         self._js = js
         self._enabled = enabled
-        self._pending: set[asyncio.Task] = set()
+        self._linger = linger_seconds
+        self._uses: dict[str, list[str]] = defaultdict(list)
+        self._flushing: asyncio.Task | None = None
 
     def record(self, cube_id: str, names: Iterable[str]) -> None:
+        """One use of each of ``names`` (repeats within one call count once)."""
         names = list(dict.fromkeys(names))
         if not (self._enabled and names):
             return
-        record = commands_pb2.AccessRecord(cube_id=cube_id, names=names, time=now_timestamp())
-        task = asyncio.create_task(self._publish(record))
-        self._pending.add(task)
-        task.add_done_callback(self._pending.discard)
+        self._uses[cube_id] += names
+        if self._flushing is None:
+            self._flushing = asyncio.create_task(self._flush_later())
 
-    async def _publish(self, record: commands_pb2.AccessRecord) -> None:
+    async def _flush_later(self) -> None:
         try:
-            await publish(
-                self._js, usage_subject(record.cube_id), record.SerializeToString(), msg_id=uuid.uuid4().hex
-            )
-        except Exception as err:
-            log.warning("usage of %d memories in %s not recorded: %s", len(record.names), record.cube_id, err)
+            await asyncio.sleep(self._linger)
+        finally:
+            self._flushing = None
+            await self._publish_all()
+
+    async def _publish_all(self) -> None:
+        uses, self._uses = self._uses, defaultdict(list)
+        for cube_id, names in uses.items():
+            for start in range(0, len(names), MAX_NAMES_PER_RECORD):
+                chunk = names[start : start + MAX_NAMES_PER_RECORD]
+                record = commands_pb2.AccessRecord(cube_id=cube_id, names=chunk, time=now_timestamp())
+                try:
+                    await publish(
+                        self._js, usage_subject(cube_id), record.SerializeToString(), msg_id=uuid.uuid4().hex
+                    )
+                except Exception as err:
+                    log.warning("usage of %d memories in %s not recorded: %s", len(chunk), cube_id, err)
 
     async def close(self) -> None:
-        """Wait for the records in flight."""
-        if self._pending:
-            await asyncio.gather(*self._pending, return_exceptions=True)
+        """Publish what has gathered."""
+        if self._flushing is not None:
+            self._flushing.cancel()
+            await asyncio.gather(self._flushing, return_exceptions=True)
+        await self._publish_all()

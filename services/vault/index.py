@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -31,8 +32,10 @@ from qdrant_edge import (
     MatchValue,
     Modifier,
     PayloadSchemaType,
+    PayloadSelector,
     Point,
     Query,
+    QueryBatchRequest,
     QueryRequest,
     RangeDateTime,
     ScrollRequest,
@@ -54,7 +57,7 @@ CONTEXT_DENSE = "context_dense"
 CONTEXT_SPARSE = "context_bm25"
 # The shard's directory under the data dir; a new layout gets a new name, and the vault
 # rebuilds it by replaying the write log.
-INDEX_DIR = "index-v5"
+INDEX_DIR = "index-v6"
 KEYWORD_FIELDS = ("cube", "memory_id", "role", "kind", "type", "state", "speaker", "session_id", "tags")
 
 
@@ -119,6 +122,7 @@ class EdgeIndex:
         self._bm25 = Bm25(Bm25Config(avg_len=bm25_avg_len, language="english"))
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="edge")
         self._shard: EdgeShard | None = None
+        self._changed = False  # since the last flush
         self.created = False
         # Held from reading heads to writing them back (write log and usage both change heads).
         self.writing = asyncio.Lock()
@@ -152,6 +156,21 @@ class EdgeIndex:
             self.created = True
             log.info("created empty index at %s", self._path)
 
+    async def flush_every(self, seconds: float) -> None:
+        """Until cancelled, flush what changed to the segments every ``seconds``. Qdrant Edge
+        flushes only when asked; until it does, every change (usage folds too) stays in its
+        write-ahead log, which then grows without end and is replayed at each start."""
+        while True:
+            await asyncio.sleep(seconds)
+            if not self._changed:
+                continue
+            self._changed = False
+            try:
+                await self._run(self.shard.flush)
+            except Exception as err:
+                self._changed = True
+                log.warning("index flush failed (retried in %.0fs): %s", seconds, err)
+
     async def close(self) -> None:
         def close() -> None:
             if self._shard is not None:
@@ -168,9 +187,12 @@ class EdgeIndex:
             raise RuntimeError("index is not open")
         return self._shard
 
-    async def retrieve(self, ids: list[str]) -> dict[str, dict[str, Any]]:
+    async def retrieve(self, ids: list[str], fields: Sequence[str] = ()) -> dict[str, dict[str, Any]]:
+        """The payloads of the points that exist, by id: whole, or only ``fields``."""
+
         def retrieve() -> dict[str, dict[str, Any]]:
-            records = self.shard.retrieve(ids, with_payload=True, with_vector=False)
+            selector = PayloadSelector.Include(list(fields)) if fields else True
+            records = self.shard.retrieve(ids, with_payload=selector, with_vector=False)
             return {str(r.id): r.payload or {} for r in records}
 
         return await self._run(retrieve)
@@ -206,7 +228,19 @@ class EdgeIndex:
             for flt in delete_filters:
                 self.shard.update(UpdateOperation.delete_points_by_filter(flt))
 
+        self._changed = True
         await self._run(write)
+
+    async def set_fields(self, updates: dict[str, dict[str, Any]]) -> None:
+        """Set payload fields of points, leaving their other fields and vectors as they are."""
+
+        def set_fields() -> None:
+            for point_id, fields in updates.items():
+                self.shard.update(UpdateOperation.set_payload([point_id], fields))
+
+        if updates:
+            self._changed = True
+            await self._run(set_fields)
 
     async def scroll(
         self, flt: Filter, offset: str | None, limit: int
@@ -240,23 +274,28 @@ class EdgeIndex:
         match keeps its margin, which rank fusion throws away.
         """
 
-        def nearest(vector: Any, using: str) -> list[tuple[str, float]]:
-            request = QueryRequest(limit=depth, query=Query.Nearest(vector, using=using), filter=flt)
-            return [(str(p.id), float(p.score)) for p in self.shard.query(request)]
+        def nearest(vector: Any, using: str) -> QueryRequest:
+            return QueryRequest(limit=depth, query=Query.Nearest(vector, using=using), filter=flt)
 
         def query() -> list[tuple[dict[str, Any], float]]:
-            dense_best: dict[str, float] = {}
-            floor = -1.0
-            if dense is not None:
-                hits = nearest(dense, DENSE) + nearest(dense, CONTEXT_DENSE)
-                for pid, score in hits:
-                    dense_best[pid] = max(score, dense_best.get(pid, -1.0))
-                floor = min((score for _, score in hits), default=-1.0)
-            sparse_best: dict[str, float] = {}
             sparse = self._bm25.embed_query(text) if text.strip() else None
+            requests = []
+            if dense is not None:
+                requests += [nearest(dense, DENSE), nearest(dense, CONTEXT_DENSE)]
             if sparse is not None and sparse.indices:
-                for pid, score in nearest(sparse, SPARSE) + nearest(sparse, CONTEXT_SPARSE):
-                    sparse_best[pid] = max(score, sparse_best.get(pid, 0.0))
+                requests += [nearest(sparse, SPARSE), nearest(sparse, CONTEXT_SPARSE)]
+            lists = self.shard.query_batch(QueryBatchRequest(requests)) if requests else []
+            # Ids stay UUID objects: turning hundreds into strings costs more than the search.
+            hits = [[(p.id, p.score) for p in found] for found in lists]
+            dense_hits = hits[0] + hits[1] if dense is not None else []
+            sparse_hits = [h for found in hits[2 if dense is not None else 0 :] for h in found]
+            dense_best: dict[Any, float] = {}
+            for pid, score in dense_hits:
+                dense_best[pid] = max(score, dense_best.get(pid, -1.0))
+            floor = min((score for _, score in dense_hits), default=-1.0)
+            sparse_best: dict[Any, float] = {}
+            for pid, score in sparse_hits:
+                sparse_best[pid] = max(score, sparse_best.get(pid, 0.0))
             top_sparse = max(sparse_best.values(), default=0.0) or 1.0
             fused = {
                 pid: (dense_best.get(pid, floor) if dense is not None else 0.0)
@@ -265,8 +304,7 @@ class EdgeIndex:
             }
             best = sorted(fused, key=lambda pid: (-fused[pid], pid))[:limit]
             records = {
-                str(r.id): r.payload or {}
-                for r in self.shard.retrieve(best, with_payload=True, with_vector=False)
+                r.id: r.payload or {} for r in self.shard.retrieve(best, with_payload=True, with_vector=False)
             }
             return [(records[pid], fused[pid]) for pid in best if pid in records]
 

@@ -3,11 +3,16 @@
 Each memory has a *head* point (its current version, searchable) at a fixed id; every earlier
 version is a *version* point; a deleted memory leaves a *tombstone* head (no vectors) so a late
 replay of an old write cannot bring it back.
+
+A point's payload is the record (the protobuf, sealed) plus plain fields for filters and for
+usage. Usage counts live only in the plain fields: folding searches into them rewrites two
+numbers, not the sealed record.
 """
 
 from __future__ import annotations
 
 import base64
+import binascii
 import uuid
 from enum import StrEnum
 
@@ -45,6 +50,9 @@ def payload(
 
     ``usage_seq`` is the last MEMOS_USAGE message folded into the head's usage counts.
     """
+    sealed = memory_pb2.Memory()
+    sealed.CopyFrom(memory)
+    sealed.ClearField("usage")
     key_id = subject_key_id(memory.cube_id, memory.provenance.principal)
     key = keys.cached(key_id)
     if key is None:
@@ -62,18 +70,28 @@ def payload(
         "session_id": sources[0].session_id if sources else "",
         "tags": list(memory.tags),
         "key": key_id,
-        "record": base64.b64encode(seal(key_id, key, memory.SerializeToString())).decode("ascii"),
+        "record": base64.b64encode(seal(key_id, key, sealed.SerializeToString())).decode("ascii"),
+        **usage_fields(memory.usage.access_count, memory.usage.last_access_time.ToNanoseconds(), usage_seq),
     }
-    if usage_seq:
-        fields["usage_seq"] = usage_seq
     event_time = _rfc3339(memory.event_time)
     if event_time:
         fields["event_time"] = event_time
     return fields
 
 
+USAGE_FIELDS = ("access_count", "last_access_ns", "usage_seq")
+
+
+def usage_fields(access_count: int, last_access_ns: int, usage_seq: int) -> dict[str, int]:
+    return {"access_count": access_count, "last_access_ns": last_access_ns, "usage_seq": usage_seq}
+
+
+def _int(fields: dict[str, object] | None, key: str) -> int:
+    return int(fields.get(key, 0)) if fields else 0  # type: ignore[call-overload]
+
+
 def usage_seq(fields: dict[str, object] | None) -> int:
-    return int(fields.get("usage_seq", 0)) if fields else 0  # type: ignore[call-overload]
+    return _int(fields, "usage_seq")
 
 
 def tombstone(cube_id: str, memory_id: str, version: int) -> dict[str, object]:
@@ -82,14 +100,18 @@ def tombstone(cube_id: str, memory_id: str, version: int) -> dict[str, object]:
 
 def memory_of(fields: dict[str, object], keys: SubjectKeys) -> memory_pb2.Memory:
     """The record, opened; Erased when its subject key was destroyed."""
-    data = base64.b64decode(str(fields["record"]))
+    data = binascii.a2b_base64(str(fields["record"]))
     key_id = fields.get("key")
     if key_id:
         key = keys.cached(str(key_id))
         if key is None:
             raise Erased(str(key_id))
         data = unseal(str(key_id), key, data)
-    return memory_pb2.Memory.FromString(data)
+    memory = memory_pb2.Memory.FromString(data)
+    memory.usage.access_count = _int(fields, "access_count")
+    if last_access_ns := _int(fields, "last_access_ns"):
+        memory.usage.last_access_time.FromNanoseconds(last_access_ns)
+    return memory
 
 
 def readable(payloads: list[dict[str, object]], keys: SubjectKeys) -> list[memory_pb2.Memory]:

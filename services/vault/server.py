@@ -23,6 +23,7 @@ from services.common.kvmirror import KvMirror
 from services.common.pagination import PageTokens
 from services.common.redaction import RedactionPolicies
 from services.common.sealing import SubjectKeys
+from services.common.tasks import run_until_closed
 from services.common.writes import publish_write, write_version
 
 from . import records
@@ -255,12 +256,11 @@ async def setup(stack: AsyncExitStack, settings: VaultSettings) -> Component:
     )
     await index.open()
     stack.push_async_callback(index.close)
+    run_until_closed(stack, lambda: index.flush_every(settings.index_flush_seconds), "index-flush")
     consumers = dict(batch_size=settings.apply_batch_size, ack_wait_seconds=settings.apply_ack_wait_seconds)
     keys = await SubjectKeys.start(stack, js)
     writes = await Applier(js, index, keys, **consumers).worker()
-    usage = await UsageFolder(
-        js, index, keys, linger_seconds=settings.usage_fold_seconds, **consumers
-    ).worker()
+    usage = await UsageFolder(js, index, linger_seconds=settings.usage_fold_seconds, **consumers).worker()
 
     async def stop() -> None:
         await asyncio.gather(writes.stop(), usage.stop())

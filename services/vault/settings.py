@@ -13,7 +13,7 @@ class VaultSettings(ServiceSettings, EmbedderSettings):
 
     model_config = SettingsConfigDict(env_prefix="MEMOS_VAULT_", extra="ignore", frozen=True)
 
-    data_dir: Path = Field(Path(".run/vault"), description="Qdrant Edge shard lives in <data_dir>/index-v4")
+    data_dir: Path = Field(Path(".run/vault"), description="the Qdrant Edge shard lives under it")
     apply_batch_size: int = Field(256, gt=0, description="write commands applied together")
     apply_ack_wait_seconds: float = Field(30.0, gt=0, description="redelivery delay of an unacked command")
     usage_fold_seconds: float = Field(
@@ -22,6 +22,9 @@ class VaultSettings(ServiceSettings, EmbedderSettings):
     wait_applied_timeout_seconds: float = Field(30.0, gt=0)
     bm25_avg_len: float = Field(
         32.0, gt=0, description="expected item length in tokens, for BM25 length norm"
+    )
+    index_flush_seconds: float = Field(
+        30.0, gt=0, description="how often the index's changes are flushed (bounds its write-ahead log)"
     )
     search_depth: int = Field(100, gt=0, le=1000, description="nearest points fetched per key and side")
     sparse_weight: float = Field(

@@ -1,5 +1,7 @@
 """Folds search accesses (MEMOS_USAGE) into each memory's usage counts, without a new version.
 
+A record names each memory once per use (a name listed twice was used twice).
+
 Never twice: a head remembers the last usage message folded into it (``usage_seq``),
 so a redelivered message counts nowhere twice. A message naming a memory the vault has not
 applied yet (a rebuild replaying the log) is retried later for that memory alone.
@@ -7,11 +9,11 @@ applied yet (a rebuild replaying the log) is retried later for that memory alone
 
 from __future__ import annotations
 
+import functools
 import logging
-from collections import defaultdict
-from dataclasses import dataclass, field
+from collections import Counter, defaultdict
+from dataclasses import dataclass
 
-from google.protobuf.timestamp_pb2 import Timestamp
 from nats.aio.msg import Msg
 from nats.js import JetStreamContext
 
@@ -19,10 +21,9 @@ from memos.vault.v1 import commands_pb2
 from memos_sdk.wire import SUBJECT_PREFIX, Stream
 from services.common import validation
 from services.common.bus import VAULT_USAGE_CONSUMER, PullWorker, durable_worker
-from services.common.sealing import Erased, SubjectKeys
 
 from . import records
-from .index import EdgeIndex, IndexPoint
+from .index import EdgeIndex
 from .records import Role
 
 log = logging.getLogger(__name__)
@@ -30,10 +31,15 @@ log = logging.getLogger(__name__)
 RETRY_SECONDS = 1.0
 
 
+@functools.lru_cache(maxsize=1 << 16)
+def _head_id(name: str) -> str:
+    return records.head_id(*validation.memory_name(name))
+
+
 @dataclass
 class _Tally:
     count: int = 0
-    last: Timestamp = field(default_factory=Timestamp)
+    last_ns: int = 0
     seq: int = 0
 
 
@@ -42,14 +48,12 @@ class UsageFolder:
         self,
         js: JetStreamContext,
         index: EdgeIndex,
-        keys: SubjectKeys,
         *,
         batch_size: int,
         ack_wait_seconds: float,
         linger_seconds: float = 0.0,
     ):
         self._linger = linger_seconds
-        self._keys = keys
         self._js = js
         self._index = index
         self._batch_size = batch_size
@@ -80,7 +84,7 @@ class UsageFolder:
             record = commands_pb2.AccessRecord()
             try:
                 record.ParseFromString(msg.data)
-                ids = {records.head_id(*validation.memory_name(n)) for n in record.names}
+                ids = Counter(_head_id(name) for name in record.names)
             except Exception as err:
                 log.error("dropping malformed usage record seq=%s: %s", msg.metadata.sequence.stream, err)
                 await msg.term()
@@ -90,31 +94,29 @@ class UsageFolder:
             return
         pending: set[int] = set()  # positions in wanted of records to retry
         async with self._index.writing:
-            heads = await self._index.retrieve(sorted(set().union(*(ids for _, _, ids in wanted))))
+            point_ids = sorted(set().union(*(ids for _, _, ids in wanted)))
+            heads = await self._index.retrieve(point_ids, fields=("role", *records.USAGE_FIELDS))
             for position, (msg, record, ids) in enumerate(wanted):
                 seq = msg.metadata.sequence.stream
-                for point_id in ids:
+                for point_id, uses in ids.items():
                     head = heads.get(point_id)
                     if head is None:
                         pending.add(position)
                     elif head["role"] == Role.HEAD and seq > records.usage_seq(head):
                         tally = tallies[point_id]
-                        tally.count += 1
+                        tally.count += uses
                         tally.seq = max(tally.seq, seq)
-                        if record.time.ToNanoseconds() > tally.last.ToNanoseconds():
-                            tally.last.CopyFrom(record.time)
-            points = []
-            for point_id, tally in tallies.items():
-                try:
-                    memory = records.memory_of(heads[point_id], self._keys)
-                except Erased:
-                    continue  # its subject was erased; the point goes with it
-                memory.usage.access_count += tally.count
-                if tally.last.ToNanoseconds() > memory.usage.last_access_time.ToNanoseconds():
-                    memory.usage.last_access_time.CopyFrom(tally.last)
-                fields = records.payload(memory, Role.HEAD, self._keys, usage_seq=tally.seq)
-                points.append(IndexPoint(point_id, fields, keep_vectors=True))
-            await self._index.write(points, [])
+                        tally.last_ns = max(tally.last_ns, record.time.ToNanoseconds())
+            await self._index.set_fields(
+                {
+                    point_id: records.usage_fields(
+                        int(heads[point_id].get("access_count", 0)) + tally.count,
+                        max(int(heads[point_id].get("last_access_ns", 0)), tally.last_ns),
+                        tally.seq,
+                    )
+                    for point_id, tally in tallies.items()
+                }
+            )
         for position, (msg, _, _) in enumerate(wanted):
             if position in pending:
                 await msg.nak(delay=RETRY_SECONDS)

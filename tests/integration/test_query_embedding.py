@@ -18,16 +18,46 @@ TEXTS = [
 ]
 
 
+FACTS = [
+    "Caroline went to the LGBTQ support group on 7 May 2023.",
+    "Melanie painted a sunrise over the lake last year.",
+    "Jon lost his job as a banker and opened a dance studio.",
+    "Gina's clothing store was robbed in January.",
+    "The family adopted a golden retriever called Oscar.",
+    "Tim is reading a fantasy series about dragons.",
+    "Audrey bought new running shoes for the marathon.",
+    "Nate's turtle likes to eat strawberries.",
+]
+QUESTIONS = [
+    "Which support group did Caroline attend?",
+    "What did Melanie paint?",
+    "What business did Jon start after losing his job?",
+    "What happened to Gina's store?",
+    "What is the name of the dog?",
+    "What kind of books does Tim read?",
+    "What did Audrey buy for the race?",
+    "What does Nate's pet eat?",
+]
+
+
 async def test_local_and_triton_embeddings_agree(triton_addr):
+    """Float in-process vectors are Triton's; int8 ones are close and rank facts the same way."""
     triton = Embedder(EmbedderSettings(inference_addr=triton_addr))
     async with AsyncExitStack() as stack:
-        local = open_query_embedder(stack, QueryEmbedderSettings(inference_addr=triton_addr))
-        assert isinstance(local, LocalEmbedder)
-        ours, theirs = await local.embed(TEXTS), await triton.embed(TEXTS)
+        exact = open_query_embedder(
+            stack, QueryEmbedderSettings(inference_addr=triton_addr, query_embed_int8=False)
+        )
+        int8 = open_query_embedder(stack, QueryEmbedderSettings(inference_addr=triton_addr))
+        assert isinstance(exact, LocalEmbedder) and isinstance(int8, LocalEmbedder)
+        theirs, facts = await triton.embed(TEXTS + QUESTIONS), await triton.embed(FACTS)
         await triton.close()
-    assert ours.shape == theirs.shape == (len(TEXTS), 384)
-    assert np.allclose(np.linalg.norm(ours, axis=1), 1.0, atol=1e-5)
-    assert (ours * theirs).sum(axis=1).min() > 0.999
+        for local, floor in ((exact, 0.999), (int8, 0.97)):
+            ours = await local.embed(TEXTS + QUESTIONS)
+            assert ours.shape == theirs.shape == (len(TEXTS) + len(QUESTIONS), 384)
+            assert np.allclose(np.linalg.norm(ours, axis=1), 1.0, atol=1e-5)
+            assert (ours * theirs).sum(axis=1).min() > floor
+            nearest = (ours[len(TEXTS) :] @ facts.T).argmax(axis=1)
+            assert nearest.tolist() == list(range(len(QUESTIONS)))
 
 
 def test_the_onnx_graph_gives_the_vectors_of_the_model_itself():
