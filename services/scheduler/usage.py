@@ -9,6 +9,7 @@ cannot be published is logged and dropped (usage is a signal, not data).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import uuid
 from collections import defaultdict
@@ -32,7 +33,9 @@ class AccessRecorder:
         self._enabled = enabled
         self._linger = linger_seconds
         self._uses: dict[str, list[str]] = defaultdict(list)
-        self._flushing: asyncio.Task | None = None
+        self._gathering = False  # a task is waiting out the linger for the uses gathered so far
+        self._closing = asyncio.Event()
+        self._tasks: set[asyncio.Task] = set()
 
     def record(self, cube_id: str, names: Iterable[str]) -> None:
         """One use of each of ``names`` (repeats within one call count once)."""
@@ -40,17 +43,16 @@ class AccessRecorder:
         if not (self._enabled and names):
             return
         self._uses[cube_id] += names
-        if self._flushing is None:
-            self._flushing = asyncio.create_task(self._flush_later())
+        if not self._gathering:
+            self._gathering = True
+            task = asyncio.create_task(self._publish_after_linger())
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
 
-    async def _flush_later(self) -> None:
-        try:
-            await asyncio.sleep(self._linger)
-        finally:
-            self._flushing = None
-            await self._publish_all()
-
-    async def _publish_all(self) -> None:
+    async def _publish_after_linger(self) -> None:
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._closing.wait(), self._linger)
+        self._gathering = False
         uses, self._uses = self._uses, defaultdict(list)
         for cube_id, names in uses.items():
             for start in range(0, len(names), MAX_NAMES_PER_RECORD):
@@ -64,8 +66,6 @@ class AccessRecorder:
                     log.warning("usage of %d memories in %s not recorded: %s", len(chunk), cube_id, err)
 
     async def close(self) -> None:
-        """Publish what has gathered."""
-        if self._flushing is not None:
-            self._flushing.cancel()
-            await asyncio.gather(self._flushing, return_exceptions=True)
-        await self._publish_all()
+        """Publish what has gathered, and wait for the records in flight."""
+        self._closing.set()
+        await asyncio.gather(*self._tasks, return_exceptions=True)

@@ -59,6 +59,16 @@ async def test_uses_gather_into_one_record_per_cube_naming_each_use(nats):
     assert info.state.messages == 3
 
 
+async def test_closing_publishes_what_gathered_without_waiting_out_the_linger(nats):
+    async with AsyncExitStack() as stack:
+        js = await open_jetstream(stack, nats.url, "test")
+        recorder = AccessRecorder(js, enabled=True, linger_seconds=600)
+        recorder.record("cube-a", ["cubes/cube-a/memories/1"])
+        await asyncio.wait_for(recorder.close(), 10)
+        found = await _published(js, 1)
+    assert [(r.cube_id, list(r.names)) for r in found] == [("cube-a", ["cubes/cube-a/memories/1"])]
+
+
 async def test_usage_is_kept_beside_the_sealed_record(nats):
     memory = memory_pb2.Memory(
         name="cubes/c/memories/m", cube_id="c", memory_id="m", text="I live in Lyon.", version=2
