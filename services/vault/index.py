@@ -279,16 +279,21 @@ class EdgeIndex:
 
         def query() -> list[tuple[dict[str, Any], float]]:
             sparse = self._bm25.embed_query(text) if text.strip() else None
-            requests = []
-            if dense is not None:
-                requests += [nearest(dense, DENSE), nearest(dense, CONTEXT_DENSE)]
-            if sparse is not None and sparse.indices:
-                requests += [nearest(sparse, SPARSE), nearest(sparse, CONTEXT_SPARSE)]
-            lists = self.shard.query_batch(QueryBatchRequest(requests)) if requests else []
+            by_dense = [nearest(dense, key) for key in (DENSE, CONTEXT_DENSE)] if dense is not None else []
+            by_sparse = (
+                [nearest(sparse, key) for key in (SPARSE, CONTEXT_SPARSE)]
+                if sparse is not None and sparse.indices
+                else []
+            )
+            lists = (
+                self.shard.query_batch(QueryBatchRequest(by_dense + by_sparse))
+                if by_dense or by_sparse
+                else []
+            )
             # Ids stay UUID objects: turning hundreds into strings costs more than the search.
             hits = [[(p.id, p.score) for p in found] for found in lists]
-            dense_hits = hits[0] + hits[1] if dense is not None else []
-            sparse_hits = [h for found in hits[2 if dense is not None else 0 :] for h in found]
+            dense_hits = [h for found in hits[: len(by_dense)] for h in found]
+            sparse_hits = [h for found in hits[len(by_dense) :] for h in found]
             dense_best: dict[Any, float] = {}
             for pid, score in dense_hits:
                 dense_best[pid] = max(score, dense_best.get(pid, -1.0))

@@ -94,6 +94,14 @@ def usage_seq(fields: dict[str, object] | None) -> int:
     return _int(fields, "usage_seq")
 
 
+def more_usage(fields: dict[str, object], uses: int, last_access_ns: int, seq: int) -> dict[str, int]:
+    """The usage fields of a point after ``uses`` more uses, the last at ``last_access_ns``,
+    folded up to usage message ``seq``."""
+    return usage_fields(
+        _int(fields, "access_count") + uses, max(_int(fields, "last_access_ns"), last_access_ns), seq
+    )
+
+
 def tombstone(cube_id: str, memory_id: str, version: int) -> dict[str, object]:
     return {"cube": cube_id, "memory_id": memory_id, "role": Role.TOMBSTONE.value, "version": version}
 

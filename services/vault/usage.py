@@ -109,11 +109,7 @@ class UsageFolder:
                         tally.last_ns = max(tally.last_ns, record.time.ToNanoseconds())
             await self._index.set_fields(
                 {
-                    point_id: records.usage_fields(
-                        int(heads[point_id].get("access_count", 0)) + tally.count,
-                        max(int(heads[point_id].get("last_access_ns", 0)), tally.last_ns),
-                        tally.seq,
-                    )
+                    point_id: records.more_usage(heads[point_id], tally.count, tally.last_ns, tally.seq)
                     for point_id, tally in tallies.items()
                 }
             )
