@@ -73,8 +73,8 @@ k8s-keys: setup ## Key material for the local Kubernetes overlay (deploy/k8s/ove
 test-security: setup ## Isolation (property-based), token, audit and rate-limit tests alone
 	$(PY) -m pytest -q -m security
 
-bench-retrieval: setup ## Retrieval benchmark: BUNDLES=<jsonl> OUT=<jsonl> [GOLD=<gold.jsonl>]
-	$(PY) -m bench.retrieval --bundles $(BUNDLES) --out $(OUT) $(if $(GOLD),--gold $(GOLD))
+bench-retrieval: setup ## Retrieval benchmark: BUNDLES=<jsonl> OUT=<jsonl> [GOLD=<gold.jsonl>] [SAMPLE=<n bundles>] [ARGS=<more options, see --help>]
+	$(PY) -m bench.retrieval --bundles $(BUNDLES) --out $(OUT) $(if $(GOLD),--gold $(GOLD)) $(if $(SAMPLE),--sample $(SAMPLE)) $(ARGS)
 
 bench-baselines: setup ## Raw-turn baselines (BM25, dense, RRF) in the same harness: BUNDLES=<jsonl> GOLD=<gold.jsonl> [OUT_DIR=<dir>]
 	$(PY) -m bench.baselines --bundles $(BUNDLES) --gold $(GOLD) $(if $(OUT_DIR),--out-dir $(OUT_DIR))

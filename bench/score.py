@@ -23,7 +23,9 @@ SESSION_KS = (1, 5, 10)
 
 
 def read_jsonl(path: Path) -> list[dict]:
-    return [json.loads(line) for line in Path(path).read_text().splitlines() if line.strip()]
+    # Split at "\n" only: splitlines() also splits at U+2028 and the like, which LongMemEval's
+    # texts hold inside JSON strings.
+    return [json.loads(line) for line in Path(path).read_text().split("\n") if line.strip()]
 
 
 def normalise(text: str) -> str:

@@ -178,7 +178,8 @@ class ConflictResolver:
         for msg in msgs:
             try:
                 created = events_pb2.MemoryCreated.FromString(msg.data)
-                await self.resolve(created.memory)
+                nearest = created.nearest_similarity if created.HasField("nearest_similarity") else None
+                await self.resolve(created.memory, nearest=nearest)
             except NotFound:
                 pass  # deleted since
             except MemosError as err:
@@ -191,13 +192,18 @@ class ConflictResolver:
                 continue
             await msg.ack()
 
-    async def resolve(self, created: memory_pb2.Memory) -> Verdict | None:
+    async def resolve(self, created: memory_pb2.Memory, *, nearest: float | None = None) -> Verdict | None:
         """Judge a new memory (``created``: its header, as events carry it) against its nearest
-        live neighbours and apply the verdict."""
+        live neighbours and apply the verdict. ``nearest``, the cosine of its closest neighbour
+        when the vault applied it, spares the vault query when no neighbour is close enough."""
         if created.kind != memory_pb2.MEMORY_KIND_PLAINTEXT:
             return None
         if not (await self._policies.get(created.cube_id)).resolve_conflicts:
             return None
+        # Pairs the judge would turn down are skipped before the new memory's text is read.
+        floor = similarity_floor(self._settings.duplicate_similarity, self._settings.conflict_similarity)
+        if nearest is not None and nearest < floor - 1e-6:
+            return None  # most new memories: no query, no read
         async with forward_errors("vault"):
             found = await self._vault.Query(
                 vault_pb2.QueryRequest(
@@ -208,8 +214,6 @@ class ConflictResolver:
                 ),
                 timeout=self._settings.vault_timeout_seconds,
             )
-        # Pairs the judge would turn down are skipped before the new memory's text is read.
-        floor = similarity_floor(self._settings.duplicate_similarity, self._settings.conflict_similarity)
         close = [
             hit
             for hit in found.results
@@ -219,7 +223,7 @@ class ConflictResolver:
             and not _sources(hit.memory) & _sources(created)
         ]
         if not close:
-            return None  # most new memories: their text is not read at all
+            return None
         memory = await self._mover.get(created.name)
         if memory.state not in states.LIVE:
             return None

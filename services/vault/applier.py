@@ -24,7 +24,7 @@ from qdrant_edge import FieldCondition, Filter, MatchAny, MatchValue
 
 from memos.events.v1 import events_pb2
 from memos.type.v1 import memory_pb2
-from memos.vault.v1 import commands_pb2
+from memos.vault.v1 import commands_pb2, vault_pb2
 from memos_sdk.wire import SUBJECT_PREFIX, EventKind, Header, Stream
 from services.common import states, validation
 from services.common.bus import VAULT_CONSUMER, PullWorker, durable_worker
@@ -142,8 +142,28 @@ class Applier:
                             err,
                         )
             await self._index.write(list(batch.upserts.values()), batch.delete_filters)
+            await self._measure_nearest(batch)
         await asyncio.gather(*(self._publish(e) for e in batch.events))
         await asyncio.gather(*(msg.ack() for msg, _ in commands))
+
+    async def _measure_nearest(self, batch: _Batch) -> None:
+        """Each new memory's closest neighbour of the same speaker goes into its created event:
+        the lifecycle's conflict check then asks the vault only about memories near another,
+        and ingest does not pay a query round trip per memory."""
+        probes, events = [], []
+        for event in batch.events:
+            if event.kind != EventKind.MEMORY_CREATED:
+                continue
+            memory = event.payload.memory
+            point = batch.upserts.get(records.head_id(memory.cube_id, memory.memory_id))
+            if point is None or point.dense is None or memory.kind != memory_pb2.MEMORY_KIND_PLAINTEXT:
+                continue
+            speaker = vault_pb2.MemoryFilter(speaker=memory.speaker)
+            probes.append((point.id, point.dense, memory_filter(memory.cube_id, Role.HEAD, speaker)))
+            events.append(event)
+        for event, nearest in zip(events, await self._index.nearest_other(probes), strict=True):
+            if nearest is not None:
+                event.payload.nearest_similarity = nearest
 
     async def _open(self, msg: Msg) -> bytes:
         """The command's bytes, unsealed with its subject key when it carries content."""

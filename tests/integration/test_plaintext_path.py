@@ -14,6 +14,7 @@ from memos.events.v1 import events_pb2
 from memos.type.v1 import memory_pb2
 from memos.vault.v1 import commands_pb2
 from memos_sdk import MemosAPIError
+from memos_sdk.bundles import ingest_bundle
 from memos_sdk.events import decode_event
 from memos_sdk.tokens import count_tokens
 from memos_sdk.wire import EventKind, Header, events_subject, writes_subject
@@ -107,6 +108,31 @@ async def test_a_retried_request_writes_nothing_twice(mesh, cube):
     assert len(listed) == 4
 
 
+async def test_a_bundle_is_all_searchable_when_its_ingest_returns(mesh, cube):
+    # Only the last session's request waits for the vault; the others must be applied by then.
+    sessions = [
+        {
+            "id": f"S{n}",
+            "date": f"2:10 pm on {n} June, 2023",
+            "turns": [
+                {
+                    "id": f"D{n}:{i}",
+                    "speaker": "Caroline",
+                    "text": f"Note {i} of session {n} about the garden.",
+                }
+                for i in range(1, 4)
+            ],
+        }
+        for n in range(1, 6)
+    ]
+    written = await ingest_bundle(mesh.client, cube, {"id": "b", "sessions": sessions}, wait_applied=True)
+    assert written == 15
+    listed = [m async for m in mesh.client.iter_memories(cube)]
+    assert sorted(s.turn_id for m in listed for s in m.provenance.sources) == sorted(
+        t["id"] for s in sessions for t in s["turns"]
+    )
+
+
 async def test_get_list_update_versions_delete(mesh, cube):
     added = await mesh.client.add_messages(cube, CONVERSATION, wait_applied=True)
     name = added.memory_names[0]
@@ -179,6 +205,44 @@ async def test_memory_events_carry_cloudevents_headers_and_protobuf(mesh, cube):
     assert msg.subject == events_subject(cube, EventKind.MEMORY_CREATED)
     deleted = [e for e in events if e.type == EventKind.MEMORY_DELETED.ce_type]
     assert [e.payload.name for e in deleted] == [added.memory_names[0]]
+
+
+async def test_a_created_event_says_how_close_the_nearest_other_memory_is(mesh, cube):
+    nc = await nats_client.connect(mesh.nats.url)
+    received = []
+
+    async def collect(msg):
+        received.append(msg)
+
+    sub = await nc.subscribe(events_subject(cube, EventKind.MEMORY_CREATED), cb=collect)
+    texts = [
+        "I adopted a greyhound called Max.",
+        "I adopted a greyhound named Max last week.",
+        "The quarterly tax forms are due in April.",
+    ]
+    turns = [
+        {"id": f"D1:{i}", "speaker": "Caroline", "text": t, "time_text": "8 May, 2023", "session_id": "S1"}
+        for i, t in enumerate(texts)
+    ] + [
+        {"id": "D1:9", "speaker": "Melanie", "text": texts[0], "time_text": "8 May, 2023", "session_id": "S1"}
+    ]
+    try:
+        added = await mesh.client.add_messages(cube, turns, wait_applied=True)
+        for _ in range(100):
+            if len(received) >= 4:
+                break
+            await asyncio.sleep(0.05)
+    finally:
+        await sub.unsubscribe()
+        await nc.drain()
+    created = {e.payload.memory.name: e.payload for e in (decode_event(m.headers, m.data) for m in received)}
+    dog, dog_again, taxes, melanie = (created[n] for n in added.memory_names)
+    # Each is measured against the others of its speaker applied by then (the first may have
+    # been applied alone), never against itself; Melanie has no other.
+    assert 0.75 < dog_again.nearest_similarity < 0.999
+    assert not dog.HasField("nearest_similarity") or 0.75 < dog.nearest_similarity < 0.999
+    assert taxes.nearest_similarity < dog_again.nearest_similarity - 0.1
+    assert not melanie.HasField("nearest_similarity")
 
 
 async def test_a_cube_never_sees_another_cubes_memories(mesh, cube):

@@ -67,17 +67,24 @@ async def ingest_bundle(
     """Write every session of a bundle in order; returns the number of turns written.
 
     Each request carries a request_id derived from the bundle and session, so a retry is not a
-    second write.
+    second write. With ``wait_applied`` only the last request waits for the vault: writes are
+    applied in log order, so when it returns the whole bundle is searchable, and meanwhile the
+    reader embeds the next session while the vault applies the last.
     """
+    parts = [
+        (session, start, messages[start : start + max_batch])
+        for session in bundle.get("sessions", [])
+        for messages in [session_messages(session)]
+        for start in range(0, len(messages), max_batch)
+    ]
     written = 0
-    for session in bundle.get("sessions", []):
-        messages = session_messages(session)
-        for start in range(0, len(messages), max_batch):
-            part = messages[start : start + max_batch]
-            raw_id = f"bundle:{bundle.get('id', '')}:{session.get('id', '')}:{start}"
-            request_id = re.sub(r"[^\x21-\x7e]", "_", raw_id)[-128:]
-            await client.add_messages(cube_id, part, request_id=request_id, wait_applied=wait_applied)
-            written += len(part)
-            if on_session:
-                on_session(len(part))
+    for n, (session, start, part) in enumerate(parts, 1):
+        raw_id = f"bundle:{bundle.get('id', '')}:{session.get('id', '')}:{start}"
+        request_id = re.sub(r"[^\x21-\x7e]", "_", raw_id)[-128:]
+        await client.add_messages(
+            cube_id, part, request_id=request_id, wait_applied=wait_applied and n == len(parts)
+        )
+        written += len(part)
+        if on_session:
+            on_session(len(part))
     return written
