@@ -142,7 +142,7 @@ class Applier:
                             err,
                         )
             await self._index.write(list(batch.upserts.values()), batch.delete_filters)
-            await self._measure_nearest(batch)
+        await self._measure_nearest(batch)
         await asyncio.gather(*(self._publish(e) for e in batch.events))
         await asyncio.gather(*(msg.ack() for msg, _ in commands))
 

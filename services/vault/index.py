@@ -5,8 +5,8 @@ sparse BM25 vector (Qdrant's tokenizer, stemmer and IDF) of its context, or of i
 has none. One sparse key, not two: Qdrant keeps IDF statistics per vector name, so BM25 scores of
 two keys would not be comparable, and taking the better of them ranked worse (LoCoMo dev R@10
 0.826 against 0.846 in an offline replica). A hybrid query scores a memory by its best dense
-match and its BM25 match and fuses the two linearly (see ``EdgeIndex.hybrid``). All engine calls run on one worker thread so the event loop never
-blocks on disk or search.
+match and its BM25 match and fuses the two linearly (see ``EdgeIndex.hybrid``). All engine calls
+run on one worker thread so the event loop never blocks on disk or search.
 """
 
 from __future__ import annotations

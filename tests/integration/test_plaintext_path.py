@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Awaitable, Callable
+from typing import TypeVar
 
 import grpc
 import nats as nats_client
@@ -21,6 +23,7 @@ from memos_sdk.wire import EventKind, Header, events_subject, writes_subject
 from services.common.bus import publish, wait_applied
 
 pytestmark = pytest.mark.integration
+T = TypeVar("T")
 
 CONVERSATION = [
     {
@@ -176,24 +179,35 @@ async def test_get_list_update_versions_delete(mesh, cube):
         await mesh.client.get(name)
 
 
-async def test_memory_events_carry_cloudevents_headers_and_protobuf(mesh, cube):
+async def published(mesh, subject: str, count: int, write: Callable[[], Awaitable[T]]) -> tuple[T, list]:
+    """What ``write`` returns, and the bus messages on ``subject`` while it ran and after, until
+    ``count`` of them arrived (or 5 s passed)."""
     nc = await nats_client.connect(mesh.nats.url)
     received = []
 
     async def collect(msg):
         received.append(msg)
 
-    sub = await nc.subscribe(events_subject(cube), cb=collect)
+    sub = await nc.subscribe(subject, cb=collect)
     try:
-        added = await mesh.client.add_messages(cube, CONVERSATION[:2], wait_applied=True)
-        await mesh.client.delete(added.memory_names[0])
+        result = await write()
         for _ in range(100):
-            if len(received) >= 3:
+            if len(received) >= count:
                 break
             await asyncio.sleep(0.05)
     finally:
         await sub.unsubscribe()
         await nc.drain()
+    return result, received
+
+
+async def test_memory_events_carry_cloudevents_headers_and_protobuf(mesh, cube):
+    async def add_then_delete():
+        added = await mesh.client.add_messages(cube, CONVERSATION[:2], wait_applied=True)
+        await mesh.client.delete(added.memory_names[0])
+        return added
+
+    added, received = await published(mesh, events_subject(cube), 3, add_then_delete)
     events = [decode_event(m.headers, m.data) for m in received]
     created = [e for e in events if e.type == EventKind.MEMORY_CREATED.ce_type]
     assert {e.payload.memory.name for e in created} == set(added.memory_names)
@@ -208,13 +222,6 @@ async def test_memory_events_carry_cloudevents_headers_and_protobuf(mesh, cube):
 
 
 async def test_a_created_event_says_how_close_the_nearest_other_memory_is(mesh, cube):
-    nc = await nats_client.connect(mesh.nats.url)
-    received = []
-
-    async def collect(msg):
-        received.append(msg)
-
-    sub = await nc.subscribe(events_subject(cube, EventKind.MEMORY_CREATED), cb=collect)
     texts = [
         "I adopted a greyhound called Max.",
         "I adopted a greyhound named Max last week.",
@@ -226,15 +233,12 @@ async def test_a_created_event_says_how_close_the_nearest_other_memory_is(mesh, 
     ] + [
         {"id": "D1:9", "speaker": "Melanie", "text": texts[0], "time_text": "8 May, 2023", "session_id": "S1"}
     ]
-    try:
-        added = await mesh.client.add_messages(cube, turns, wait_applied=True)
-        for _ in range(100):
-            if len(received) >= 4:
-                break
-            await asyncio.sleep(0.05)
-    finally:
-        await sub.unsubscribe()
-        await nc.drain()
+    added, received = await published(
+        mesh,
+        events_subject(cube, EventKind.MEMORY_CREATED),
+        4,
+        lambda: mesh.client.add_messages(cube, turns, wait_applied=True),
+    )
     created = {e.payload.memory.name: e.payload for e in (decode_event(m.headers, m.data) for m in received)}
     dog, dog_again, taxes, melanie = (created[n] for n in added.memory_names)
     # Each is measured against the others of its speaker applied by then (the first may have
