@@ -39,7 +39,7 @@ from bench.score import format_table, read_jsonl, score, turn_sessions_of
 from memos_sdk.bundles import read_bundles
 from services.common.onnx_embedding import OnnxEncoder, export
 from services.common.settings import ModelFilesSettings
-from services.reader.timeparse import human_date, parse_time
+from services.common.timeparse import human_date, parse_time
 
 METHODS = ("bm25", "dense", "rrf")
 DEPTH = 200

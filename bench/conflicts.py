@@ -28,9 +28,9 @@ from memos_sdk.bundles import read_bundles
 from services.common.clock import to_timestamp
 from services.common.onnx_embedding import OnnxEncoder, export
 from services.common.settings import ModelFilesSettings
+from services.common.timeparse import human_date, parse_time
 from services.lifecycle.conflicts import content, judge
 from services.lifecycle.settings import LifecycleSettings
-from services.reader.timeparse import human_date, parse_time
 
 # topic: (statement, restatement, update, look-alike about someone else); {v} old value, {w} new.
 TOPICS = {

@@ -12,8 +12,10 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import datetime as dt
 import json
 import re
+import signal
 import sys
 import tempfile
 import time
@@ -24,15 +26,16 @@ from google.protobuf import timestamp_pb2
 from tqdm import tqdm
 
 from bench.score import format_table, read_jsonl, score, turn_sessions_of
+from memos.type.v1 import memory_pb2
 from memos_sdk import Endpoints, MemosClient
 from memos_sdk.bundles import count_turns, ingest_bundle, read_bundles, session_messages
 from memos_sdk.endpoints import DEFAULT_PORT_BASE, SERVICES, LocalPorts
 from services.common.embedder import Embedder
 from services.common.settings import EmbedderSettings
+from services.common.timeparse import parse_time
 from services.launcher.mesh import Mesh, health_status
 from services.reader.extract import Turn, turn_items
 from services.reader.settings import ReaderSettings
-from services.reader.timeparse import parse_time
 
 
 @contextlib.contextmanager
@@ -136,11 +139,58 @@ def spread_sample(items: list, n: int) -> list:
     return [items[i * len(items) // n] for i in range(n)]
 
 
+class IngestedCubes:
+    """Which cube holds each bundle already ingested into a kept mesh (``--run-dir``), and how
+    many memories it stored, saved after each bundle: a later run on the same state searches
+    them again without ingesting, and an interrupted run goes on where it stopped."""
+
+    def __init__(self, run_dir: Path | None) -> None:
+        self._path = run_dir / "bench-cubes.json" if run_dir else None
+        exists = self._path is not None and self._path.exists()
+        self._cubes: dict[str, dict] = json.loads(self._path.read_text()) if exists else {}
+
+    def get(self, bundle_id: str) -> tuple[str, int] | None:
+        entry = self._cubes.get(bundle_id)
+        return (entry["cube"], entry["memories"]) if entry else None
+
+    def record(self, bundle_id: str, cube: str, memories: int) -> None:
+        if self._path is not None:
+            self._cubes[bundle_id] = {"cube": cube, "memories": memories}
+            self._path.write_text(json.dumps(self._cubes, indent=1))
+
+
+async def stored_memories(client: MemosClient, cube: str) -> int:
+    """The memories of a cube in any state."""
+    every = [s for s in memory_pb2.MemoryState.values() if s]
+    return (await client.list_page(cube, page_size=1, states=every)).total_size
+
+
+async def wait_stored(client: MemosClient, cube: str, memories: int, timeout_seconds: float = 1800) -> None:
+    """Wait until a reused cube holds its memories again: a vault whose index layout changed
+    rebuilds it from the write log while it already answers."""
+    deadline = time.monotonic() + timeout_seconds
+    while (stored := await stored_memories(client, cube)) < memories:
+        if time.monotonic() > deadline:
+            raise RuntimeError(
+                f"{cube} holds {stored} of its {memories} memories after {timeout_seconds:.0f}s"
+            )
+        await asyncio.sleep(2)
+
+
+def asked_at(question: dict) -> dt.datetime | None:
+    """The question's date (``question_date``), when it has one that parses."""
+    try:
+        return parse_time(question["question_date"]) if question.get("question_date") else None
+    except ValueError:
+        return None
+
+
 async def run(args: argparse.Namespace, api_key: str | None) -> tuple[dict, list[dict]]:
     bundles = spread_sample(list(read_bundles(args.bundles)), args.sample)
     total_turns = sum(count_turns(b) for b in bundles)
     total_questions = sum(len(b.get("questions", [])) for b in bundles)
-    ingest_seconds = 0.0
+    ingested = IngestedCubes(args.run_dir)
+    ingest_seconds, ingested_turns = 0.0, 0
     lines = []
     steal = {phase: StealMeter() for phase in ("ingest", "search", "embed_only")}
     endpoints = Endpoints.local(args.port_base)
@@ -150,17 +200,30 @@ async def run(args: argparse.Namespace, api_key: str | None) -> tuple[dict, list
             tqdm(total=total_questions, unit="q", desc="search", file=sys.stderr) as search_bar,
         ):
             for bundle in bundles:
-                cube = cube_for(bundle.get("id", ""))
-                started = time.perf_counter()
-                steal["ingest"].start()
-                await ingest_bundle(client, cube, bundle, wait_applied=True, on_session=ingest_bar.update)
-                ingest_seconds += time.perf_counter() - started
-                steal["ingest"].stop()
+                known = ingested.get(bundle_id := str(bundle.get("id", "")))
+                if known is None:
+                    cube = cube_for(bundle_id)
+                    started = time.perf_counter()
+                    steal["ingest"].start()
+                    await ingest_bundle(client, cube, bundle, wait_applied=True, on_session=ingest_bar.update)
+                    ingest_seconds += time.perf_counter() - started
+                    ingested_turns += count_turns(bundle)
+                    steal["ingest"].stop()
+                    ingested.record(bundle_id, cube, await stored_memories(client, cube))
+                else:
+                    cube, memories = known
+                    await wait_stored(client, cube, memories)
+                    ingest_bar.total -= count_turns(bundle)
+                    ingest_bar.refresh()
                 steal["search"].start()
                 for question in bundle.get("questions", []):
                     started = time.perf_counter()
                     reply = await client.search(
-                        cube, question["question"], top_k=args.top_k, token_budget=args.budget
+                        cube,
+                        question["question"],
+                        top_k=args.top_k,
+                        token_budget=args.budget,
+                        reference_time=asked_at(question),
                     )
                     latency_ms = (time.perf_counter() - started) * 1000
                     items = [
@@ -180,7 +243,7 @@ async def run(args: argparse.Namespace, api_key: str | None) -> tuple[dict, list
                 steal["search"].stop()
     args.out.write_text("".join(json.dumps(line) + "\n" for line in lines))
     embed_seconds, embedded = 0.0, 0
-    if not args.no_embed_only:
+    if not args.no_embed_only and ingested_turns == total_turns:
         steal["embed_only"].start()
         embed_seconds, embedded = await embed_only_seconds(bundles, args.port_base)
         steal["embed_only"].stop()
@@ -188,8 +251,9 @@ async def run(args: argparse.Namespace, api_key: str | None) -> tuple[dict, list
         "bundles": len(bundles),
         "turns": total_turns,
         "questions": len(lines),
+        "ingested_turns": ingested_turns,
         "ingest_seconds": round(ingest_seconds, 2),
-        "ingest_turns_per_second": round(total_turns / ingest_seconds, 1) if ingest_seconds else None,
+        "ingest_turns_per_second": round(ingested_turns / ingest_seconds, 1) if ingest_seconds else None,
         "embedded_texts": embedded,
         "embed_only_seconds": round(embed_seconds, 2) if embedded else None,
         "ingest_over_embed_only": round(ingest_seconds / embed_seconds, 3) if embed_seconds else None,
@@ -225,20 +289,26 @@ def main(argv: list[str] | None = None) -> int:
         "--port-base", type=int, default=DEFAULT_PORT_BASE, help="port base of the mesh to use or start"
     )
     parser.add_argument(
-        "--run-dir", type=Path, help="state directory of a mesh started for the run (default: temporary)"
+        "--run-dir",
+        type=Path,
+        help="state directory of a mesh started for the run, kept (default: temporary); a later run "
+        "with the same directory searches the bundles ingested there without ingesting them again",
     )
     args = parser.parse_args(argv)
 
+    # A TERM (a CI timeout, a kill) unwinds like Ctrl-C, so a mesh started here is stopped.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     with mesh_for(args.port_base, args.run_dir) as api_key:
         report, outputs = asyncio.run(run(args, api_key))
     model_alone = (
         f"the model alone on the same {report['embedded_texts']} texts: {report['embed_only_seconds']}s "
         f"(ratio {report['ingest_over_embed_only']})"
         if report["embedded_texts"]
-        else "the model alone was not timed (--no-embed-only)"
+        else "the model alone was not timed (--no-embed-only, or bundles ingested by an earlier run)"
     )
     print(
-        f"ingested {report['turns']} turns of {report['bundles']} bundle(s) in {report['ingest_seconds']}s "
+        f"ingested {report['ingested_turns']} of {report['turns']} turns "
+        f"({report['bundles']} bundle(s)) in {report['ingest_seconds']}s "
         f"({report['ingest_turns_per_second']} turns/s, through the mesh, applied); {model_alone}; "
         f"CPU steal share {report['cpu_steal_share']}; {report['questions']} questions -> {args.out}"
     )

@@ -15,8 +15,7 @@ from memos.type.v1 import memory_pb2
 from memos_sdk.tokens import count_tokens, head_tokens, tail_tokens
 from memos_sdk.wire import memory_name
 from services.common.clock import to_timestamp
-
-from .timeparse import human_date, resolve_relative
+from services.common.timeparse import human_date, resolve_relative
 
 
 @dataclass(frozen=True, slots=True)

@@ -33,12 +33,12 @@ from services.common.injection import instruction_rules
 from services.common.kvmirror import KvMirror
 from services.common.redaction import RedactionPolicies, Redactor
 from services.common.sealing import SubjectKeys
+from services.common.timeparse import parse_time
 from services.common.writes import publish_write
 
 from .extract import Turn, context_embeddings, document_items, turn_items
 from .limits import CubeSizes
 from .settings import ReaderSettings
-from .timeparse import parse_time
 
 log = logging.getLogger(__name__)
 

@@ -2,13 +2,31 @@
 
 from __future__ import annotations
 
+import datetime as dt
+
 from memos.vault.v1 import vault_pb2, vault_pb2_grpc
 from services.common.clients import forward_errors
+from services.common.clock import to_timestamp
 from services.common.embedder import Embeds
+from services.common.timeparse import named_period
 
 from .assembly import Assembled, assemble
 from .settings import SchedulerSettings
 from .usage import AccessRecorder
+
+# Memories are dated when they were said, and people tell of events on the day or a few days after.
+SAID_BEFORE = dt.timedelta(days=1)
+SAID_AFTER = dt.timedelta(days=3)
+
+
+def time_boost(query: str, reference: dt.datetime) -> vault_pb2.MemoryFilter | None:
+    """The memories said in the time the query names, read at ``reference``; None when it names none."""
+    period = named_period(query, reference)
+    if period is None:
+        return None
+    start = dt.datetime.combine(period.start, dt.time(), dt.UTC) - SAID_BEFORE
+    end = dt.datetime.combine(period.end, dt.time(), dt.UTC) + SAID_AFTER
+    return vault_pb2.MemoryFilter(event_time_after=to_timestamp(start), event_time_before=to_timestamp(end))
 
 
 class Retriever:
@@ -32,10 +50,13 @@ class Retriever:
         top_k: int,
         token_budget: int,
         memory_filter: vault_pb2.MemoryFilter | None = None,
+        reference_time: dt.datetime | None = None,
         record_usage: bool = True,
     ) -> list[Assembled]:
         """The assembled results; ``record_usage`` counts them as used (a search or a chat turn
-        uses them, a prediction does not)."""
+        uses them, a prediction does not). Memories said in a time the query names ("last week",
+        read at ``reference_time``, default now) rank higher."""
+        boost = time_boost(query, reference_time or dt.datetime.now(dt.UTC))
         embedding = (await self._embedder.embed([query]))[0]
         async with forward_errors("vault"):
             found = await self._vault.Query(
@@ -45,6 +66,8 @@ class Retriever:
                     embedding=embedding.tolist(),
                     limit=self._settings.candidates,
                     filter=memory_filter,
+                    boost=boost,
+                    boost_weight=self._settings.time_boost if boost else 0.0,
                 ),
                 timeout=self._settings.vault_timeout_seconds,
             )

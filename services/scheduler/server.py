@@ -3,6 +3,7 @@ and preload (building a cube's activation memory)."""
 
 from __future__ import annotations
 
+import datetime as dt
 import logging
 from contextlib import AsyncExitStack
 
@@ -58,6 +59,9 @@ class SchedulerServicer(scheduler_pb2_grpc.SchedulerServiceServicer):
             top_k=request.top_k or 10,
             token_budget=request.token_budget,
             memory_filter=request.filter,
+            reference_time=request.reference_time.ToDatetime(dt.UTC)
+            if request.HasField("reference_time")
+            else None,
         )
         return scheduler_pb2.SearchResponse(
             results=[

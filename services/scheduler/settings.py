@@ -13,6 +13,9 @@ class SchedulerSettings(ServiceSettings, QueryEmbedderSettings, GeneratorSetting
 
     vault_addr: str = "127.0.0.1:50052"
     candidates: int = Field(100, gt=0, le=200, description="fused candidates asked of the vault")
+    time_boost: float = Field(
+        0.1, ge=0, le=1, description="added to the score of memories said in the time a query names"
+    )
     join_ratio: float = Field(
         0.7, gt=0, le=1, description="a neighbour scoring at least this share of a hit joins its span"
     )

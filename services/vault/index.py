@@ -1,10 +1,12 @@
 """The vector index port and its embedded backend, Qdrant Edge (the Qdrant engine in-process).
 
 Each memory has two dense (cosine) keys, its text and (for short turns) its context, and one
-sparse BM25 vector (Qdrant's tokenizer, stemmer and IDF) of its context, or of its text when it
-has none. One sparse key, not two: Qdrant keeps IDF statistics per vector name, so BM25 scores of
-two keys would not be comparable, and taking the better of them ranked worse (LoCoMo dev R@10
-0.826 against 0.846 in an offline replica). A hybrid query scores a memory by its best dense
+sparse BM25 vector (Qdrant's tokenizer and stemmer) of its context, or of its text when it has
+none. One sparse key, not two: IDF statistics are kept per vector name, so BM25 scores of two
+keys would not be comparable, and taking the better of them ranked worse (LoCoMo dev R@10 0.826
+against 0.846 in an offline replica). IDF is the cube's own, counted at query time (see
+``EdgeIndex.cube_idf``), not the shard's: a cube's ranking must not depend on what other cubes
+hold, which would also let one tenant learn word frequencies of another's memories. A hybrid query scores a memory by its best dense
 match and its BM25 match and fuses the two linearly (see ``EdgeIndex.hybrid``). All engine calls
 run on one worker thread so the event loop never blocks on disk or search.
 """
@@ -13,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -41,6 +44,7 @@ from qdrant_edge import (
     QueryRequest,
     RangeDateTime,
     ScrollRequest,
+    SparseVector,
     UpdateOperation,
 )
 
@@ -56,10 +60,12 @@ log = logging.getLogger(__name__)
 DENSE = "dense"
 SPARSE = "bm25"
 CONTEXT_DENSE = "context_dense"
+DENSE_KEYS = (DENSE, CONTEXT_DENSE)
 # The shard's directory under the data dir; a new layout gets a new name, and the vault
 # rebuilds it by replaying the write log.
-INDEX_DIR = "index-v7"
+INDEX_DIR = "index-v8"
 KEYWORD_FIELDS = ("cube", "memory_id", "role", "kind", "type", "state", "speaker", "session_id", "tags")
+TERMS = "bm25_terms"  # payload: the term ids of a point's BM25 vector, to count document frequencies
 
 
 @dataclass(frozen=True, slots=True)
@@ -99,19 +105,32 @@ def memory_filter(
             FieldCondition(key="kind", match=MatchAny([memory_pb2.MemoryKind.Name(k) for k in kinds]))
         )
     if spec is not None:
-        if spec.types:
-            names = [memory_pb2.MemoryType.Name(t) for t in spec.types]
-            must.append(FieldCondition(key="type", match=MatchAny(names)))
-        for key in ("speaker", "session_id"):
-            if getattr(spec, key):
-                must.append(FieldCondition(key=key, match=MatchValue(getattr(spec, key))))
-        if spec.tag:
-            must.append(FieldCondition(key="tags", match=MatchValue(spec.tag)))
-        after = spec.event_time_after.ToJsonString() if spec.HasField("event_time_after") else None
-        before = spec.event_time_before.ToJsonString() if spec.HasField("event_time_before") else None
-        if after or before:
-            must.append(FieldCondition(key="event_time", range=RangeDateTime(gte=after, lt=before)))
+        must += spec_conditions(spec)
     return Filter(must=must)
+
+
+def spec_conditions(spec: vault_pb2.MemoryFilter) -> list[Any]:
+    """The conditions of a filter's own fields: types, speaker, session, tag and event times."""
+    must: list[Any] = []
+    if spec.types:
+        names = [memory_pb2.MemoryType.Name(t) for t in spec.types]
+        must.append(FieldCondition(key="type", match=MatchAny(names)))
+    for key in ("speaker", "session_id"):
+        if getattr(spec, key):
+            must.append(FieldCondition(key=key, match=MatchValue(getattr(spec, key))))
+    if spec.tag:
+        must.append(FieldCondition(key="tags", match=MatchValue(spec.tag)))
+    after = spec.event_time_after.ToJsonString() if spec.HasField("event_time_after") else None
+    before = spec.event_time_before.ToJsonString() if spec.HasField("event_time_before") else None
+    if after or before:
+        must.append(FieldCondition(key="event_time", range=RangeDateTime(gte=after, lt=before)))
+    return must
+
+
+def narrowed(flt: Filter, spec: vault_pb2.MemoryFilter) -> Filter | None:
+    """``flt`` with the conditions of ``spec``'s own fields too; None when it names none."""
+    extra = spec_conditions(spec)
+    return Filter(must=[*flt.must, *extra]) if extra else None
 
 
 class EdgeIndex:
@@ -136,11 +155,9 @@ class EdgeIndex:
 
     def _open(self) -> None:
         config = EdgeConfig(
-            vectors={
-                key: EdgeVectorParams(size=self._dim, distance=Distance.Cosine)
-                for key in (DENSE, CONTEXT_DENSE)
-            },
-            sparse_vectors={SPARSE: EdgeSparseVectorParams(modifier=Modifier.Idf)},
+            vectors={key: EdgeVectorParams(size=self._dim, distance=Distance.Cosine) for key in DENSE_KEYS},
+            # No engine IDF: the shard's would count every cube (see cube_idf).
+            sparse_vectors={SPARSE: EdgeSparseVectorParams(modifier=getattr(Modifier, "None"))},
         )
         segments = self._path / "segments"
         if segments.exists() and any(segments.iterdir()):
@@ -152,6 +169,7 @@ class EdgeIndex:
             for field in KEYWORD_FIELDS:
                 self._shard.update(UpdateOperation.create_field_index(field, PayloadSchemaType.Keyword))
             self._shard.update(UpdateOperation.create_field_index("event_time", PayloadSchemaType.Datetime))
+            self._shard.update(UpdateOperation.create_field_index(TERMS, PayloadSchemaType.Integer))
             self.created = True
             log.info("created empty index at %s", self._path)
 
@@ -200,7 +218,7 @@ class EdgeIndex:
         """The dense vectors of a point by name (DENSE, and CONTEXT_DENSE where it has one)."""
 
         def retrieve() -> dict[str, list[float]]:
-            records = self.shard.retrieve([point_id], with_payload=False, with_vector=[DENSE, CONTEXT_DENSE])
+            records = self.shard.retrieve([point_id], with_payload=False, with_vector=list(DENSE_KEYS))
             vector = records[0].vector if records else None
             return {k: list(v) for k, v in vector.items()} if isinstance(vector, dict) else {}
 
@@ -211,16 +229,32 @@ class EdgeIndex:
 
         def write() -> None:
             points = []
+            kept = [p.id for p in upserts if p.keep_vectors]
+            terms_of = (
+                {
+                    str(r.id): (r.payload or {}).get(TERMS)
+                    for r in self.shard.retrieve(
+                        kept, with_payload=PayloadSelector.Include([TERMS]), with_vector=False
+                    )
+                }
+                if kept
+                else {}
+            )
             for p in upserts:
                 if p.keep_vectors:
-                    self.shard.update(UpdateOperation.overwrite_payload([p.id], p.payload))
+                    terms = terms_of.get(p.id)
+                    payload = {**p.payload, TERMS: terms} if terms is not None else p.payload
+                    self.shard.update(UpdateOperation.overwrite_payload([p.id], payload))
                     continue
                 vectors: dict[str, Any] = {}
+                payload = p.payload
                 if p.dense is not None:
-                    vectors = {DENSE: p.dense, SPARSE: self._bm25.embed_document(p.context_text or p.text)}
+                    sparse = self._bm25.embed_document(p.context_text or p.text)
+                    vectors = {DENSE: p.dense, SPARSE: sparse}
+                    payload = {**payload, TERMS: list(sparse.indices)}
                     if p.context is not None:
                         vectors[CONTEXT_DENSE] = p.context
-                points.append(Point(p.id, vectors, p.payload))
+                points.append(Point(p.id, vectors, payload))
             if points:
                 self.shard.update(UpdateOperation.upsert_points(points))
             for flt in delete_filters:
@@ -254,6 +288,20 @@ class EdgeIndex:
     async def count(self, flt: Filter) -> int:
         return await self._run(lambda: self.shard.count(CountRequest(exact=True, filter=flt)))
 
+    def cube_idf(self, flt: Filter, terms: Sequence[int]) -> SparseVector | None:
+        """A BM25 query vector with the IDF of the points ``flt`` selects (Qdrant's formula,
+        ln(1 + (N - df + 0.5) / (df + 0.5))); terms no such point holds are left out. On the
+        engine's thread."""
+        n = self.shard.count(CountRequest(exact=True, filter=flt))
+        indices, values = [], []
+        for term in dict.fromkeys(terms):
+            with_term = Filter(must=[*flt.must, FieldCondition(key=TERMS, match=MatchValue(term))])
+            df = self.shard.count(CountRequest(exact=True, filter=with_term))
+            if df:
+                indices.append(term)
+                values.append(math.log(1 + (n - df + 0.5) / (df + 0.5)))
+        return SparseVector(indices=indices, values=values) if indices else None
+
     async def nearest_other(self, probes: Sequence[tuple[str, list[float], Filter]]) -> list[float | None]:
         """For each (point id, dense vector, filter): the best cosine over both dense keys of a
         point other than the probe's own, or None when there is none. One engine call for all."""
@@ -262,13 +310,16 @@ class EdgeIndex:
             requests = [
                 QueryRequest(limit=2, query=Query.Nearest(vector, using=key), filter=flt)
                 for _, vector, flt in probes
-                for key in (DENSE, CONTEXT_DENSE)
+                for key in DENSE_KEYS
             ]
             lists = self.shard.query_batch(QueryBatchRequest(requests)) if requests else []
             best: list[float | None] = []
             for i, (point_id, _, _) in enumerate(probes):
                 scores = [
-                    p.score for found in lists[2 * i : 2 * i + 2] for p in found if str(p.id) != point_id
+                    p.score
+                    for found in lists[len(DENSE_KEYS) * i : len(DENSE_KEYS) * (i + 1)]
+                    for p in found
+                    if str(p.id) != point_id
                 ]
                 best.append(max(scores, default=None))
             return best
@@ -284,41 +335,54 @@ class EdgeIndex:
         limit: int,
         depth: int,
         sparse_weight: float,
+        boost: Filter | None = None,
+        boost_weight: float = 0.0,
     ) -> list[tuple[dict[str, Any], float]]:
-        """The best ``limit`` points by ``dense + sparse_weight * bm25 / max(bm25)``.
+        """The best ``limit`` points by ``dense + sparse_weight * bm25 / max(bm25)``, plus
+        ``boost_weight`` for the points that match ``boost`` too.
 
         The dense score is a point's best over its keys, among the ``depth`` nearest of each key;
         the BM25 score is its sparse key's, among the ``depth`` best.
         A point missing from a dense list gets that list's lowest score (it can be no closer).
         Scores, not ranks, are fused: a clear BM25 match on a rare word or a near-exact dense
         match keeps its margin, which rank fusion throws away.
+        With ``boost``, each list is asked again under ``flt`` and ``boost`` together. The
+        boosted points are the ones these lists return: a point in a list's ``depth`` best that
+        matches ``boost`` is in the boosted list's ``depth`` best too.
         """
 
-        def nearest(vector: Any, using: str) -> QueryRequest:
-            return QueryRequest(limit=depth, query=Query.Nearest(vector, using=using), filter=flt)
+        def lists_for(sparse: Any, where: Filter) -> list[QueryRequest]:
+            by_dense = [nearest(dense, key, where) for key in DENSE_KEYS] if dense is not None else []
+            return by_dense + ([nearest(sparse, SPARSE, where)] if sparse is not None else [])
+
+        def nearest(vector: Any, using: str, where: Filter) -> QueryRequest:
+            return QueryRequest(limit=depth, query=Query.Nearest(vector, using=using), filter=where)
 
         def query() -> list[tuple[dict[str, Any], float]]:
-            sparse = self._bm25.embed_query(text) if text.strip() else None
-            by_dense = [nearest(dense, key) for key in (DENSE, CONTEXT_DENSE)] if dense is not None else []
-            by_sparse = [nearest(sparse, SPARSE)] if sparse is not None and sparse.indices else []
-            lists = (
-                self.shard.query_batch(QueryBatchRequest(by_dense + by_sparse))
-                if by_dense or by_sparse
-                else []
-            )
-            # Ids stay UUID objects: turning hundreds into strings costs more than the search.
-            hits = [[(p.id, p.score) for p in found] for found in lists]
-            dense_hits = [h for found in hits[: len(by_dense)] for h in found]
-            sparse_hits = [h for found in hits[len(by_dense) :] for h in found]
+            sparse = self.cube_idf(flt, self._bm25.embed_query(text).indices) if text.strip() else None
+            requests = lists_for(sparse, flt)
+            per_filter = len(requests)
+            if boost is not None and boost_weight:
+                requests += lists_for(sparse, boost)
+            lists = self.shard.query_batch(QueryBatchRequest(requests)) if requests else []
+            n_dense = len(DENSE_KEYS) if dense is not None else 0
             dense_best: dict[Any, float] = {}
-            for pid, score in dense_hits:
-                dense_best[pid] = max(score, dense_best.get(pid, -1.0))
-            floor = min((score for _, score in dense_hits), default=-1.0)
-            sparse_best = dict(sparse_hits)
+            sparse_best: dict[Any, float] = {}
+            boosted: set[Any] = set()
+            # Ids stay UUID objects: turning hundreds into strings costs more than the search.
+            for i, found in enumerate(lists):
+                best = dense_best if i % per_filter < n_dense else sparse_best
+                for p in found:
+                    best[p.id] = max(p.score, best.get(p.id, -1.0))
+                if i >= per_filter:
+                    boosted.update(p.id for p in found)
+            # From the lists without the boost, so that the other points score as they would alone.
+            floor = min((p.score for found in lists[:n_dense] for p in found), default=-1.0)
             top_sparse = max(sparse_best.values(), default=0.0) or 1.0
             fused = {
                 pid: (dense_best.get(pid, floor) if dense is not None else 0.0)
                 + sparse_weight * sparse_best.get(pid, 0.0) / top_sparse
+                + (boost_weight if pid in boosted else 0.0)
                 for pid in dense_best.keys() | sparse_best.keys()
             }
             best = sorted(fused, key=lambda pid: (-fused[pid], pid))[:limit]

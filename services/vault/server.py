@@ -28,7 +28,7 @@ from services.common.writes import publish_write, write_version
 
 from . import records
 from .applier import Applier
-from .index import CONTEXT_DENSE, DENSE, INDEX_DIR, EdgeIndex, memory_filter
+from .index import CONTEXT_DENSE, DENSE, INDEX_DIR, EdgeIndex, memory_filter, narrowed
 from .records import Role
 from .settings import VaultSettings
 from .usage import UsageFolder
@@ -132,8 +132,15 @@ class VaultServicer(vault_pb2_grpc.VaultServiceServicer):
             exclude = like.memory_id
         if not dense and not text.strip():
             raise InvalidArgument("give text, an embedding, or both", reason="EMPTY_QUERY")
+        if not 0 <= request.boost_weight <= 1:
+            raise InvalidArgument("boost_weight must be 0..1", reason="INVALID_BOOST", field="boost_weight")
+        if request.boost.states or request.boost.kinds:
+            raise InvalidArgument(
+                "boost may not name states or kinds (filter does)", reason="INVALID_BOOST", field="boost"
+            )
+        flt = memory_filter(cube_id, Role.HEAD, request.filter)
         hits = await self._index.hybrid(
-            memory_filter(cube_id, Role.HEAD, request.filter),
+            flt,
             dense=dense,
             text=text,
             limit=limit + (exclude is not None),
@@ -142,6 +149,8 @@ class VaultServicer(vault_pb2_grpc.VaultServiceServicer):
             # conflict check asks this for every new memory).
             depth=max(limit, self._settings.search_depth) if text.strip() else limit + (exclude is not None),
             sparse_weight=self._settings.sparse_weight,
+            boost=narrowed(flt, request.boost),
+            boost_weight=request.boost_weight,
         )
         results = [
             memory_pb2.ScoredMemory(memory=memory, score=s)

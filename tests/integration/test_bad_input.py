@@ -8,6 +8,7 @@ import pytest
 
 from memos.reader.v1 import reader_pb2
 from memos.scheduler.v1 import scheduler_pb2
+from memos.type.v1 import memory_pb2
 from memos.vault.v1 import vault_pb2
 from memos_sdk import MemosAPIError
 from memos_sdk.wire import Stream
@@ -128,6 +129,21 @@ async def test_query_with_a_wrong_embedding_size(mesh):
     with pytest.raises(grpc.aio.AioRpcError) as err:
         await mesh.client.vault.Query(vault_pb2.QueryRequest(cube_id="demo", embedding=[0.1, 0.2]))
     assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+
+
+@pytest.mark.parametrize(
+    "boost",
+    [
+        {"boost": {"speaker": "a"}, "boost_weight": 1.5},
+        {"boost": {"speaker": "a"}, "boost_weight": float("nan")},
+        {"boost": {"states": [memory_pb2.MEMORY_STATE_ARCHIVED]}, "boost_weight": 0.1},
+    ],
+)
+async def test_query_with_a_bad_boost(mesh, boost):
+    with pytest.raises(grpc.aio.AioRpcError) as err:
+        await mesh.client.vault.Query(vault_pb2.QueryRequest(cube_id="demo", text="q", **boost))
+    assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert "INVALID_BOOST" in str(err.value.trailing_metadata())
 
 
 async def test_bad_preload_and_document_requests(mesh):

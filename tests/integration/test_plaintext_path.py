@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import datetime as dt
 from collections.abc import Awaitable, Callable
 from typing import TypeVar
 
@@ -101,6 +102,31 @@ async def test_a_short_answer_is_found_by_what_it_answers_and_joins_the_question
     for result in found.results:
         assert result.text.count("[8 May 2023]") == 1  # one date line, also for a span
         assert result.tokens == count_tokens(result.text)
+
+
+async def test_a_time_the_question_names_is_read_at_its_reference_time(mesh, cube):
+    trips = [
+        ("C1", "We went camping by the lake with the kids.", "10:00 am on 8 May, 2023"),
+        ("C2", "We went camping in the forest with the kids.", "10:00 am on 20 August, 2023"),
+    ]
+    await mesh.client.add_messages(
+        cube,
+        [
+            {"id": tid, "speaker": "Melanie", "text": text, "time_text": when, "session_id": tid}
+            for tid, text, when in trips
+        ],
+        wait_applied=True,
+    )
+
+    async def first(question: str, asked: dt.datetime | None = None) -> str:
+        found = await mesh.client.search(cube, question, top_k=2, reference_time=asked)
+        return found.results[0].memory.provenance.sources[0].turn_id
+
+    question = "Where did Melanie go camping last month?"
+    assert await first(question, dt.datetime(2023, 6, 10, tzinfo=dt.UTC)) == "C1"
+    assert await first(question, dt.datetime(2023, 9, 15, tzinfo=dt.UTC)) == "C2"
+    assert await first("Where did Melanie go camping in May 2023?") == "C1"
+    assert await first("Where did Melanie go camping in August 2023?") == "C2"
 
 
 async def test_a_retried_request_writes_nothing_twice(mesh, cube):

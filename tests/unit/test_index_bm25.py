@@ -62,3 +62,46 @@ async def test_scores_of_text_and_context_keys_are_on_one_scale(tmp_path):
     scores = await _bm25(index, "pottery class saturday")
     assert scores["1"] == scores["2"] == max(scores.values())
     await index.close()
+
+
+def _in(cube: str, i: int, text: str) -> IndexPoint:
+    point = _point(i, text)
+    return IndexPoint(point.id, {"cube": cube, "memory_id": str(i)}, dense=point.dense, text=text)
+
+
+async def test_a_cubes_scores_do_not_depend_on_other_cubes(tmp_path):
+    # IDF is counted in the cube searched: what another tenant stores changes neither the order
+    # nor the scores (which would otherwise tell word frequencies of its memories).
+    index = EdgeIndex(tmp_path / "index", dim=8, bm25_avg_len=20.0)
+    await index.open()
+    await index.write(
+        [
+            _in("c", 1, "the pottery class on saturday"),
+            _in("c", 2, "a long walk by the lake on saturday"),
+            _in("c", 3, "pottery again"),
+        ],
+        [],
+    )
+    before = await _bm25(index, "pottery saturday lake")
+    await index.write([_in("other", 100 + i, f"pottery pottery workshop {i}") for i in range(20)], [])
+    assert await _bm25(index, "pottery saturday lake") == before
+    await index.close()
+
+
+async def test_a_word_only_other_cubes_hold_matches_nothing(tmp_path):
+    index = EdgeIndex(tmp_path / "index", dim=8, bm25_avg_len=20.0)
+    await index.open()
+    await index.write([_in("c", 1, "a quiet evening"), _in("other", 2, "zeppelin rides")], [])
+    assert await _bm25(index, "zeppelin") == {}
+    await index.close()
+
+
+async def test_a_new_header_keeps_the_words_counted(tmp_path):
+    index = EdgeIndex(tmp_path / "index", dim=8, bm25_avg_len=20.0)
+    await index.open()
+    first = _in("c", 1, "the pottery class on saturday")
+    await index.write([first, _in("c", 2, "a walk by the lake")], [])
+    relabelled = IndexPoint(first.id, {"cube": "c", "memory_id": "1", "tags": ["art"]}, keep_vectors=True)
+    await index.write([relabelled], [])
+    assert set(await _bm25(index, "pottery")) == {"1"}
+    await index.close()

@@ -2,7 +2,7 @@ import datetime as dt
 
 import pytest
 
-from services.reader.timeparse import human_date, parse_time, resolve_relative
+from services.common.timeparse import human_date, named_period, parse_time, resolve_relative
 
 
 @pytest.mark.parametrize(
@@ -63,3 +63,42 @@ def test_months_roll_over_year_ends():
     new_year = dt.datetime(2024, 1, 3, tzinfo=dt.UTC)
     assert resolve_relative("last month", new_year) == "last month (December 2023)"
     assert resolve_relative("3 months ago", new_year) == "3 months ago (October 2023)"
+
+
+ASKED = dt.datetime(2023, 12, 21, 21, 31, tzinfo=dt.UTC)  # a Thursday
+
+
+@pytest.mark.parametrize(
+    ("question", "start", "end"),
+    [
+        ("What did she show me on October 13, 2023?", dt.date(2023, 10, 13), dt.date(2023, 10, 14)),
+        ("What did Gina find on 1 February, 2023?", dt.date(2023, 2, 1), dt.date(2023, 2, 2)),
+        ("What book did Tim finish on 8th December, 2023?", dt.date(2023, 12, 8), dt.date(2023, 12, 9)),
+        ("What class did Maria start in December 2023?", dt.date(2023, 12, 1), dt.date(2024, 1, 1)),
+        ("Which spot did Joanna visit in May?", dt.date(2023, 5, 1), dt.date(2023, 6, 1)),
+        ("Which spot did Joanna visit in December?", dt.date(2023, 12, 1), dt.date(2024, 1, 1)),
+        ("Where did we go on Dec 25?", dt.date(2022, 12, 25), dt.date(2022, 12, 26)),  # not yet this year
+        ("How often did I go to the beach in 2022?", dt.date(2022, 1, 1), dt.date(2023, 1, 1)),
+        ("What game did I beat last weekend?", dt.date(2023, 12, 16), dt.date(2023, 12, 18)),
+        ("The museum I visited two months ago?", dt.date(2023, 10, 1), dt.date(2023, 11, 1)),
+        ("What did I cook yesterday?", dt.date(2023, 12, 20), dt.date(2023, 12, 21)),
+        ("Where was John between August 11 and August 15 2023?", dt.date(2023, 8, 11), dt.date(2023, 8, 16)),
+    ],
+)
+def test_a_question_names_a_period(question, start, end):
+    period = named_period(question, ASKED)
+    assert (period.start, period.end) == (start, end)
+
+
+@pytest.mark.parametrize(
+    "question",
+    [
+        "May I ask what my dog's name is?",
+        "What did I march for?",
+        "How many pre-1920 coins do I have?",
+        "What happened on February 30, 2023?",
+        "Where did I go in the summer?",
+    ],
+)
+def test_a_question_without_a_time_names_none(question):
+    assert named_period(question, ASKED) is None

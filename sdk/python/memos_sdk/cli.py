@@ -92,6 +92,15 @@ def _duration(text: str) -> dt.timedelta:
         raise argparse.ArgumentTypeError(f"{text!r} is not a duration like 90s, 15m, 12h or 30d") from None
 
 
+def _utc_time(text: str) -> dt.datetime:
+    """An ISO 8601 time; without a zone it is UTC."""
+    try:
+        when = dt.datetime.fromisoformat(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a time like 2023-05-30T10:18") from None
+    return when if when.tzinfo else when.replace(tzinfo=dt.UTC)
+
+
 async def cmd_add(client: MemosClient, args: argparse.Namespace) -> int:
     if args.file:
         from tqdm import tqdm
@@ -118,7 +127,13 @@ async def cmd_add(client: MemosClient, args: argparse.Namespace) -> int:
 
 
 async def cmd_search(client: MemosClient, args: argparse.Namespace) -> int:
-    reply = await client.search(args.cube, " ".join(args.query), top_k=args.top_k, token_budget=args.budget)
+    reply = await client.search(
+        args.cube,
+        " ".join(args.query),
+        top_k=args.top_k,
+        token_budget=args.budget,
+        reference_time=args.asked_at,
+    )
     if args.json:
         print(_json(reply))
         return 0
@@ -380,6 +395,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("query", nargs="+", metavar="QUERY")
     p.add_argument("--top-k", type=int, default=10, help="at most this many items (default 10, max 50)")
     p.add_argument("--budget", type=int, default=0, help="token budget of the results (default: none)")
+    p.add_argument(
+        "--asked-at",
+        type=_utc_time,
+        metavar="TIME",
+        help='when the question is asked, e.g. 2023-05-30T10:18 (default: now); "last week" is read against it',
+    )
     p.add_argument("--json", action="store_true", help="print the raw response as JSON")
     p.set_defaults(run=cmd_search)
 

@@ -169,8 +169,11 @@ class MemosClient:
         top_k: int = 10,
         token_budget: int = 0,
         states: Iterable[int] = (),
+        reference_time: dt.datetime | None = None,
     ) -> scheduler_pb2.SearchResponse:
-        """``states`` (MemoryState values) widens the search beyond the live memories."""
+        """``states`` (MemoryState values) widens the search beyond the live memories;
+        ``reference_time`` is when the question is asked (default: now), which times it names
+        ("last week") are read against."""
         request = scheduler_pb2.SearchRequest(
             cube_id=cube_id,
             query=query,
@@ -178,6 +181,8 @@ class MemosClient:
             token_budget=token_budget,
             filter=vault_pb2.MemoryFilter(states=list(states)),
         )
+        if reference_time is not None:
+            request.reference_time.FromDatetime(reference_time)
         async with _api_errors():
             return await self.scheduler.Search(request, timeout=self.timeout)
 
