@@ -229,17 +229,8 @@ class EdgeIndex:
 
         def write() -> None:
             points = []
-            kept = [p.id for p in upserts if p.keep_vectors]
-            terms_of = (
-                {
-                    str(r.id): (r.payload or {}).get(TERMS)
-                    for r in self.shard.retrieve(
-                        kept, with_payload=PayloadSelector.Include([TERMS]), with_vector=False
-                    )
-                }
-                if kept
-                else {}
-            )
+            # A new payload for a point that keeps its vectors keeps its BM25 terms too.
+            terms_of = self._stored_terms([p.id for p in upserts if p.keep_vectors])
             for p in upserts:
                 if p.keep_vectors:
                     terms = terms_of.get(p.id)
@@ -262,6 +253,14 @@ class EdgeIndex:
 
         self._changed = True
         await self._run(write)
+
+    def _stored_terms(self, ids: list[str]) -> dict[str, list[int]]:
+        """The BM25 term ids stored with these points, by id. On the engine's thread."""
+        if not ids:
+            return {}
+        selector = PayloadSelector.Include([TERMS])
+        records = self.shard.retrieve(ids, with_payload=selector, with_vector=False)
+        return {str(r.id): r.payload[TERMS] for r in records if r.payload and TERMS in r.payload}
 
     async def set_fields(self, updates: dict[str, dict[str, Any]]) -> None:
         """Set payload fields of points, leaving their other fields and vectors as they are."""
