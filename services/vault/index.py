@@ -6,9 +6,10 @@ none. One sparse key, not two: IDF statistics are kept per vector name, so BM25 
 keys would not be comparable, and taking the better of them ranked worse (LoCoMo dev R@10 0.826
 against 0.846 in an offline replica). IDF is the cube's own, counted at query time (see
 ``EdgeIndex.cube_idf``), not the shard's: a cube's ranking must not depend on what other cubes
-hold, which would also let one tenant learn word frequencies of another's memories. A hybrid query scores a memory by its best dense
-match and its BM25 match and fuses the two linearly (see ``EdgeIndex.hybrid``). All engine calls
-run on one worker thread so the event loop never blocks on disk or search.
+hold, which would also let one tenant learn word frequencies of another's memories. A hybrid
+query scores a memory by its best dense match and its BM25 match and fuses the two linearly (see
+``EdgeIndex.hybrid``). All engine calls run on one worker thread so the event loop never blocks
+on disk or search.
 """
 
 from __future__ import annotations
@@ -127,10 +128,15 @@ def spec_conditions(spec: vault_pb2.MemoryFilter) -> list[Any]:
     return must
 
 
+def also(flt: Filter, *conditions: Any) -> Filter:
+    """``flt`` with ``conditions`` too."""
+    return Filter(must=[*flt.must, *conditions])
+
+
 def narrowed(flt: Filter, spec: vault_pb2.MemoryFilter) -> Filter | None:
     """``flt`` with the conditions of ``spec``'s own fields too; None when it names none."""
     extra = spec_conditions(spec)
-    return Filter(must=[*flt.must, *extra]) if extra else None
+    return also(flt, *extra) if extra else None
 
 
 class EdgeIndex:
@@ -294,7 +300,7 @@ class EdgeIndex:
         n = self.shard.count(CountRequest(exact=True, filter=flt))
         indices, values = [], []
         for term in dict.fromkeys(terms):
-            with_term = Filter(must=[*flt.must, FieldCondition(key=TERMS, match=MatchValue(term))])
+            with_term = also(flt, FieldCondition(key=TERMS, match=MatchValue(term)))
             df = self.shard.count(CountRequest(exact=True, filter=with_term))
             if df:
                 indices.append(term)
@@ -313,10 +319,11 @@ class EdgeIndex:
             ]
             lists = self.shard.query_batch(QueryBatchRequest(requests)) if requests else []
             best: list[float | None] = []
+            keys = len(DENSE_KEYS)
             for i, (point_id, _, _) in enumerate(probes):
                 scores = [
                     p.score
-                    for found in lists[len(DENSE_KEYS) * i : len(DENSE_KEYS) * (i + 1)]
+                    for found in lists[keys * i : keys * (i + 1)]
                     for p in found
                     if str(p.id) != point_id
                 ]
