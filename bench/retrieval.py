@@ -108,6 +108,7 @@ def embedded_texts(bundle: dict, settings: ReaderSettings) -> list[list[str]]:
             turns,
             piece_tokens=settings.piece_tokens,
             context_tokens=settings.context_tokens,
+            statement_piece_tokens=settings.statement_piece_tokens,
             request_id=str(session.get("id", "")),
             principal="bench",
             now=timestamp_pb2.Timestamp(),

@@ -96,6 +96,35 @@ def _context(pieces: Sequence[Piece], i: int, window_tokens: int) -> str:
     return _date_prefix(piece.turn) + " ".join(parts) if len(parts) > 1 else ""
 
 
+# A speaker's statement about themselves: the first person, and nobody addressed.
+_FIRST_PERSON = re.compile(r"(?i)\b(?:i|i'm|i've|i'd|i'll|my|me|mine|myself|we|we're|we've|our|us|ours)\b")
+_SECOND_PERSON = re.compile(r"(?i)\b(?:you|your|you're|you've|you'd|you'll|yours|yourself)\b")
+_FILLER = re.compile(r"(?i)\byou know\b")
+_STATEMENT_END = re.compile(r"(?<=[.!?])\s+|\n+")
+STATEMENT_MIN_TOKENS = 6
+
+
+def statements(text: str) -> list[str]:
+    """The sentences of ``text`` in which its speaker tells something of themselves.
+
+    "By the way, I've added 25 postcards since I started collecting again." inside a long turn is
+    a fact the turn's embedding blurs; alone it matches a question about it closely and costs
+    few tokens. Questions and sentences addressing the listener ("I'd recommend you ...") are
+    requests and advice, not facts about the speaker.
+    """
+    found = []
+    for sentence in _STATEMENT_END.split(text):
+        sentence = sentence.strip()
+        if (
+            count_tokens(sentence) >= STATEMENT_MIN_TOKENS
+            and not sentence.endswith("?")
+            and _FIRST_PERSON.search(sentence)
+            and not _SECOND_PERSON.search(_FILLER.sub("", sentence))
+        ):
+            found.append(sentence)
+    return found
+
+
 def turn_items(
     cube_id: str,
     turns: Sequence[Turn],
@@ -105,12 +134,18 @@ def turn_items(
     request_id: str,
     principal: str,
     now: timestamp_pb2.Timestamp,
+    statement_piece_tokens: int = 0,
 ) -> list[memory_pb2.Memory]:
     """One item per piece: "[8 May 2023] Caroline: words", sourced to its turn.
 
     A piece of at most ``context_tokens`` is also indexed under its context (see ``_context``,
-    which takes up to ``context_tokens`` of each neighbour): short replies mean little alone. Pieces are numbered so that the scheduler can join
-    neighbours that match together; numbers of different requests never touch.
+    which takes up to ``context_tokens`` of each neighbour): short replies mean little alone.
+    Pieces are numbered so that the scheduler can join neighbours that match together; numbers
+    of different requests never touch.
+
+    A piece of more than ``statement_piece_tokens`` (0: none) also gives one fact item per
+    statement the speaker makes of themselves in it (see ``statements``), sourced to the same
+    turn and not numbered: a fact stands alone.
     """
     pieces = turn_pieces(turns, piece_tokens)
     base = int.from_bytes(hashlib.sha256(request_id.encode()).digest()[:5], "big") << 22
@@ -139,6 +174,33 @@ def turn_items(
         memory.provenance.request_id = request_id
         memory.provenance.principal = principal
         memory.provenance.producer = "reader/turn"
+        items.append(memory)
+        if statement_piece_tokens and count_tokens(piece.text) > statement_piece_tokens:
+            items += _statement_items(cube_id, piece, memory, now)
+    return items
+
+
+def _statement_items(
+    cube_id: str, piece: Piece, piece_memory: memory_pb2.Memory, now: timestamp_pb2.Timestamp
+) -> list[memory_pb2.Memory]:
+    items = []
+    for k, sentence in enumerate(statements(piece.text)):
+        memory = _new_memory(
+            cube_id,
+            memory_id("statement", piece.turn.id, str(piece.index), str(k)),
+            _date_prefix(piece.turn) + _said(piece.turn.speaker, sentence),
+            memory_pb2.MEMORY_TYPE_FACT,
+            now,
+        )
+        memory.speaker = piece_memory.speaker
+        if piece_memory.HasField("event_time"):
+            memory.event_time.CopyFrom(piece_memory.event_time)
+        source = memory.provenance.sources.add()
+        source.CopyFrom(piece_memory.provenance.sources[0])
+        source.position = 0
+        memory.provenance.request_id = piece_memory.provenance.request_id
+        memory.provenance.principal = piece_memory.provenance.principal
+        memory.provenance.producer = "reader/statement"
         items.append(memory)
     return items
 

@@ -188,6 +188,7 @@ class ReaderServicer(reader_pb2_grpc.ReaderServiceServicer):
             turns,
             piece_tokens=self._settings.piece_tokens,
             context_tokens=self._settings.context_tokens,
+            statement_piece_tokens=self._settings.statement_piece_tokens,
             request_id=request_id,
             principal=caller_principal(),
             now=now_timestamp(),

@@ -21,6 +21,12 @@ class ReaderSettings(ServiceSettings, EmbedderSettings):
         ge=0,
         description="pieces up to this size are also indexed with up to this much of each neighbour",
     )
+    statement_piece_tokens: int = Field(
+        60,
+        ge=0,
+        description="pieces longer than this also give a fact item per statement the speaker makes "
+        "of themselves in them; 0: none",
+    )
     context_weight: float = Field(
         0.5, ge=0, description="weight of each neighbour's vector in a piece's context key"
     )

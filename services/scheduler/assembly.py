@@ -33,6 +33,22 @@ def _place(memory: memory_pb2.Memory) -> tuple[str, int] | None:
     return sources[0].session_id, sources[0].position
 
 
+def _said(memory: memory_pb2.Memory) -> str:
+    """The words a memory says, without the date line and speaker the reader puts in front."""
+    text = _DATE_LINE.sub("", memory.text, count=1)
+    if memory.speaker and text.startswith(f"{memory.speaker}: "):
+        text = text[len(memory.speaker) + 2 :]
+    return _normal(text)
+
+
+def _is_statement(span: Sequence[memory_pb2.Memory]) -> bool:
+    return len(span) == 1 and span[0].type == memory_pb2.MEMORY_TYPE_FACT
+
+
+def _normal(text: str) -> str:
+    return " ".join(text.lower().split())
+
+
 def span_text(span: Sequence[memory_pb2.Memory]) -> str:
     """The members' texts joined; a date line repeated from the first member is dropped."""
     first = span[0].text
@@ -58,14 +74,17 @@ def assemble(
 
     ``token_budget`` 0 means no limit. A span that does not fit is tried as its best memory
     alone; an item that still does not fit is skipped, not truncated: the text a client receives
-    is always made of whole memories. Exact repeats of a text are skipped.
+    is always made of whole memories. Exact repeats are skipped, and so is a statement (a fact
+    the reader took from a turn) whose words an earlier item carries; a turn chosen after its
+    statement takes the statement's place instead of a new one.
     """
     ranked = list(candidates)
     places = [_place(c.memory) for c in ranked]
     at = {place: i for i, place in enumerate(places) if place}
     taken: set[int] = set()
-    seen: set[str] = set()
     chosen: list[Assembled] = []
+    texts: list[str] = []  # each chosen item's text, normalised
+    said: list[str | None] = []  # each chosen statement's words, normalised; None for others
     used = 0
     for i, candidate in enumerate(ranked):
         if len(chosen) >= top_k:
@@ -87,14 +106,32 @@ def assemble(
         for attempt in (members, [i]) if len(members) > 1 else ([i],):
             span = tuple(ranked[j].memory for j in attempt)
             text = span_text(span)
+            normal = _normal(text)
+            words = _said(span[0]) if _is_statement(span) else None
+            if words is not None:
+                if any(words in earlier for earlier in texts):
+                    break
+                carried = []
+            else:
+                if normal in texts:
+                    break
+                carried = [k for k, w in enumerate(said) if w is not None and w in normal]
             tokens = count_tokens(text)
-            if token_budget and used + tokens > token_budget:
+            freed = sum(chosen[k].tokens for k in carried)
+            if token_budget and used - freed + tokens > token_budget:
                 continue
-            key = " ".join(text.lower().split())
-            if key not in seen:
-                seen.add(key)
-                used += tokens
+            used += tokens - freed
+            if carried:
+                # The statements this item carries give it the place of the first of them.
+                first = carried[0]
+                chosen[first] = Assembled(candidate.memory, chosen[first].score, tokens, text, span)
+                texts[first], said[first] = normal, None
+                for k in reversed(carried[1:]):
+                    del chosen[k], texts[k], said[k]
+            else:
                 chosen.append(Assembled(candidate.memory, candidate.score, tokens, text, span))
+                texts.append(normal)
+                said.append(words)
             taken.update(attempt)
             break
         taken.add(i)

@@ -64,7 +64,7 @@ class Retriever:
                     cube_id=cube_id,
                     text=query,
                     embedding=embedding.tolist(),
-                    limit=self._settings.candidates,
+                    limit=max(self._settings.candidates, 2 * top_k),
                     filter=memory_filter,
                     boost=boost,
                     boost_weight=self._settings.time_boost if boost else 0.0,

@@ -12,7 +12,12 @@ class SchedulerSettings(ServiceSettings, QueryEmbedderSettings, GeneratorSetting
     model_config = SettingsConfigDict(env_prefix="MEMOS_SCHEDULER_", extra="ignore", frozen=True)
 
     vault_addr: str = "127.0.0.1:50052"
-    candidates: int = Field(100, gt=0, le=200, description="fused candidates asked of the vault")
+    candidates: int = Field(
+        60,
+        gt=0,
+        le=200,
+        description="fused candidates asked of the vault, and at least twice top_k (a span takes about two)",
+    )
     time_boost: float = Field(
         0.1, ge=0, le=1, description="added to the score of memories said in the time a query names"
     )

@@ -343,9 +343,11 @@ class EdgeIndex:
         sparse_weight: float,
         boost: Filter | None = None,
         boost_weight: float = 0.0,
+        fields: Sequence[str] = (),
     ) -> list[tuple[dict[str, Any], float]]:
         """The best ``limit`` points by ``dense + sparse_weight * bm25 / max(bm25)``, plus
-        ``boost_weight`` for the points that match ``boost`` too.
+        ``boost_weight`` for the points that match ``boost`` too, with their payloads (whole, or
+        only ``fields``).
 
         The dense score is a point's best over its keys, among the ``depth`` nearest of each key;
         the BM25 score is its sparse key's, among the ``depth`` best.
@@ -392,8 +394,10 @@ class EdgeIndex:
                 for pid in dense_best.keys() | sparse_best.keys()
             }
             best = sorted(fused, key=lambda pid: (-fused[pid], pid))[:limit]
+            selector = PayloadSelector.Include(list(fields)) if fields else True
             records = {
-                r.id: r.payload or {} for r in self.shard.retrieve(best, with_payload=True, with_vector=False)
+                r.id: r.payload or {}
+                for r in self.shard.retrieve(best, with_payload=selector, with_vector=False)
             }
             return [(records[pid], fused[pid]) for pid in best if pid in records]
 

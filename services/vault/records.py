@@ -106,6 +106,10 @@ def tombstone(cube_id: str, memory_id: str, version: int) -> dict[str, object]:
     return {"cube": cube_id, "memory_id": memory_id, "role": Role.TOMBSTONE.value, "version": version}
 
 
+# What memory_of reads, with the memory id: all a reader of records asks of the index.
+RECORD_FIELDS = ("memory_id", "record", "key", "access_count", "last_access_ns")
+
+
 def memory_of(fields: dict[str, object], keys: SubjectKeys) -> memory_pb2.Memory:
     """The record, opened; Erased when its subject key was destroyed."""
     data = binascii.a2b_base64(str(fields["record"]))

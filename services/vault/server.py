@@ -151,6 +151,7 @@ class VaultServicer(vault_pb2_grpc.VaultServiceServicer):
             sparse_weight=self._settings.sparse_weight,
             boost=narrowed(flt, request.boost),
             boost_weight=request.boost_weight,
+            fields=records.RECORD_FIELDS,
         )
         results = [
             memory_pb2.ScoredMemory(memory=memory, score=s)
@@ -158,6 +159,8 @@ class VaultServicer(vault_pb2_grpc.VaultServiceServicer):
             if p.get("memory_id") != exclude
             for memory in records.readable([p], self._keys)
         ]
+        for result in results:
+            result.memory.ClearField("index_context")  # an index key, never injected
         return vault_pb2.QueryResponse(results=results[:limit])
 
     async def UpdateMemory(self, request, context):

@@ -69,3 +69,28 @@ def test_a_span_over_budget_falls_back_to_its_best_memory():
     (only,) = assemble(candidates, top_k=10, token_budget=5)
     assert [m.name for m in only.span] == ["q"]
     assert only.text == "one two three"
+
+
+def _fact(name, text, score, speaker="user"):
+    memory = memory_pb2.Memory(name=name, text=text, speaker=speaker, type=memory_pb2.MEMORY_TYPE_FACT)
+    memory.provenance.sources.append(memory_pb2.SourceRef(turn_id="S1:4", session_id="S1"))
+    return memory_pb2.ScoredMemory(memory=memory, score=score)
+
+
+def test_a_statement_the_chosen_turn_says_is_dropped():
+    turn = _turn("t", "[8 May 2023] user: Plan my party. By the way, I got 25 new  postcards.", 0.9, 5)
+    fact = _fact("f", "[8 May 2023] user: By the way, I got 25 new postcards.", 0.8)
+    assert [c.memory.name for c in assemble([turn, fact], top_k=10, token_budget=0)] == ["t"]
+
+
+def test_a_turn_chosen_after_its_statement_takes_the_statements_place():
+    fact = _fact("f", "[8 May 2023] user: By the way, I got 25 new postcards.", 1.0)
+    other = _fact("o", "[9 May 2023] user: I sold my bike to a neighbour.", 0.95)
+    turn = _turn("t", "[8 May 2023] user: Plan my party. By the way, I got 25 new postcards.", 0.9, 5)
+    chosen = assemble([fact, other, turn], top_k=10, token_budget=0)
+    assert [(c.memory.name, c.score) for c in chosen] == [("t", 1.0), ("o", 0.95)]
+    assert chosen[0].text == turn.memory.text
+    # under a budget the statement stays when its turn does not fit in its place
+    budget = count_tokens(fact.memory.text) + count_tokens(other.memory.text) + 3
+    chosen = assemble([fact, other, turn], top_k=10, token_budget=budget)
+    assert [c.memory.name for c in chosen] == ["f", "o"]

@@ -4,7 +4,7 @@ from google.protobuf import timestamp_pb2
 
 from memos.type.v1 import memory_pb2
 from memos_sdk.tokens import count_tokens
-from services.reader.extract import Turn, chunk_text, document_items, turn_items
+from services.reader.extract import Turn, chunk_text, document_items, statements, turn_items
 
 NOW = timestamp_pb2.Timestamp(seconds=1_700_000_000)
 WHEN = dt.datetime(2023, 5, 8, 13, 56, tzinfo=dt.UTC)
@@ -121,3 +121,39 @@ def test_positions_of_different_requests_never_touch():
     )
     second = [i.provenance.sources[0].position for i in other]
     assert min(abs(a - b) for a in first for b in second) > 1
+
+
+def test_statements_are_what_a_speaker_tells_of_themselves():
+    text = (
+        "I'm excited to host the gathering. Speaking of which, I've added 25 new postcards to my "
+        "collection since I started again. Can you help me plan it? I'd suggest you start early. "
+        "The weather looks fine. Thanks! We watched the game, you know, with pizza."
+    )
+    assert statements(text) == [
+        "I'm excited to host the gathering.",
+        "Speaking of which, I've added 25 new postcards to my collection since I started again.",
+        "We watched the game, you know, with pizza.",
+    ]
+
+
+def test_long_pieces_also_give_their_statements_as_unnumbered_facts():
+    aside = "By the way, I volunteered at the shelter's fundraising dinner last week."
+    text = "Can you recommend events for animal lovers? " + aside + " " + "Filler words here. " * 20
+    turns = _session(("user", text), ("assistant", "Sure, here are some events near you."))
+    items = turn_items(
+        "c1", turns, piece_tokens=120, context_tokens=48, statement_piece_tokens=60,
+        request_id="r1", principal="p", now=NOW,
+    )  # fmt: skip
+    piece, fact, reply = items
+    assert piece.type == memory_pb2.MEMORY_TYPE_TURN
+    assert fact.type == memory_pb2.MEMORY_TYPE_FACT
+    assert fact.text == (
+        "[8 May 2023] user: By the way, I volunteered at the shelter's fundraising dinner last week (the week of 1 May 2023)."
+    )
+    assert [s.turn_id for s in fact.provenance.sources] == ["S1:0"]
+    assert fact.provenance.sources[0].position == 0  # never joined to neighbours
+    assert fact.event_time == piece.event_time and fact.speaker == "user"
+    assert fact.provenance.producer == "reader/statement"
+    assert len({piece.memory_id, fact.memory_id, reply.memory_id}) == 3
+    # short turns stay whole, and the feature is off at 0
+    assert len(_items(turns)) == 2
