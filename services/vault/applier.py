@@ -34,7 +34,7 @@ from services.common.sealing import Erased, SubjectKeys, subject_key_id
 from services.common.telemetry import extract_context
 
 from . import records
-from .index import EdgeIndex, IndexPoint, memory_filter
+from .index import EdgeIndex, IndexPoint, memory_filter, not_from
 from .records import Role
 
 log = logging.getLogger(__name__)
@@ -159,7 +159,9 @@ class Applier:
             if point is None or point.dense is None or memory.kind != memory_pb2.MEMORY_KIND_PLAINTEXT:
                 continue
             speaker = vault_pb2.MemoryFilter(speaker=memory.speaker)
-            probes.append((point.id, point.dense, memory_filter(memory.cube_id, Role.HEAD, speaker)))
+            # Other pieces and statements of its own turns are no conflict (the lifecycle's rule).
+            flt = not_from(memory_filter(memory.cube_id, Role.HEAD, speaker), records.turn_keys(memory))
+            probes.append((point.id, point.dense, flt))
             events.append(event)
         for event, nearest in zip(events, await self._index.nearest_other(probes), strict=True):
             if nearest is not None:

@@ -64,8 +64,19 @@ CONTEXT_DENSE = "context_dense"
 DENSE_KEYS = (DENSE, CONTEXT_DENSE)
 # The shard's directory under the data dir; a new layout gets a new name, and the vault
 # rebuilds it by replaying the write log.
-INDEX_DIR = "index-v8"
-KEYWORD_FIELDS = ("cube", "memory_id", "role", "kind", "type", "state", "speaker", "session_id", "tags")
+INDEX_DIR = "index-v9"
+KEYWORD_FIELDS = (
+    "cube",
+    "memory_id",
+    "role",
+    "kind",
+    "type",
+    "state",
+    "speaker",
+    "session_id",
+    "tags",
+    "turns",
+)
 TERMS = "bm25_terms"  # payload: the term ids of a point's BM25 vector, to count document frequencies
 
 
@@ -131,6 +142,13 @@ def spec_conditions(spec: vault_pb2.MemoryFilter) -> list[Any]:
 def also(flt: Filter, *conditions: Any) -> Filter:
     """``flt`` with ``conditions`` too."""
     return Filter(must=[*flt.must, *conditions])
+
+
+def not_from(flt: Filter, turns: Sequence[str]) -> Filter:
+    """``flt`` without the points that carry any of ``turns`` (``records.turn_keys``)."""
+    if not turns:
+        return flt
+    return Filter(must=list(flt.must), must_not=[FieldCondition(key="turns", match=MatchAny(list(turns)))])
 
 
 def narrowed(flt: Filter, spec: vault_pb2.MemoryFilter) -> Filter | None:

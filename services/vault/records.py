@@ -42,6 +42,11 @@ def _rfc3339(ts: Timestamp) -> str | None:
     return ts.ToJsonString() if ts.seconds or ts.nanos else None
 
 
+def turn_keys(memory: memory_pb2.Memory) -> list[str]:
+    """The turns a memory carries, each as "<session id>#<turn id>"."""
+    return [f"{s.session_id}#{s.turn_id}" for s in memory.provenance.sources if s.turn_id]
+
+
 def payload(
     memory: memory_pb2.Memory, role: Role, keys: SubjectKeys, *, usage_seq: int = 0
 ) -> dict[str, object]:
@@ -68,6 +73,7 @@ def payload(
         "state": memory_pb2.MemoryState.Name(memory.state),
         "speaker": memory.speaker,
         "session_id": sources[0].session_id if sources else "",
+        "turns": turn_keys(memory),
         "tags": list(memory.tags),
         "key": key_id,
         "record": base64.b64encode(seal(key_id, key, sealed.SerializeToString())).decode("ascii"),

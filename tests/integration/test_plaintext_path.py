@@ -22,6 +22,7 @@ from memos_sdk.events import decode_event
 from memos_sdk.tokens import count_tokens
 from memos_sdk.wire import EventKind, Header, events_subject, writes_subject
 from services.common.bus import publish, wait_applied
+from services.reader.extract import statements
 
 pytestmark = pytest.mark.integration
 T = TypeVar("T")
@@ -299,6 +300,26 @@ async def test_a_created_event_says_how_close_the_nearest_other_memory_is(mesh, 
     assert not dog.HasField("nearest_similarity") or 0.75 < dog.nearest_similarity < 0.999
     assert taxes.nearest_similarity < dog_again.nearest_similarity - 0.1
     assert not melanie.HasField("nearest_similarity")
+
+
+async def test_pieces_and_statements_of_one_turn_are_not_each_others_neighbours(mesh, cube):
+    text = (
+        "Can you recommend a light travel backpack for a two week trip through the mountains? "
+        "I care most about comfort on long walks and a good rain cover. By the way, I did my "
+        "study abroad program at the University of Melbourne. Packing cubes and a small first "
+        "aid kit are on my list as well."
+    )
+    turn = {"id": "T1", "speaker": "user", "text": text, "session_id": "S1"}
+    items = 1 + len(statements(text))
+    added, received = await published(
+        mesh,
+        events_subject(cube, EventKind.MEMORY_CREATED),
+        items,
+        lambda: mesh.client.add_messages(cube, [turn], wait_applied=True),
+    )
+    assert len(added.memory_names) == items > 2
+    created = [decode_event(m.headers, m.data).payload for m in received]
+    assert not any(c.HasField("nearest_similarity") for c in created)
 
 
 async def test_a_cube_never_sees_another_cubes_memories(mesh, cube):
