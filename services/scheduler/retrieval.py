@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import datetime as dt
+import re
+from collections.abc import Sequence
 
+from memos.type.v1 import memory_pb2
 from memos.vault.v1 import vault_pb2, vault_pb2_grpc
 from services.common.clients import forward_errors
 from services.common.clock import to_timestamp
@@ -27,6 +30,22 @@ def time_boost(query: str, reference: dt.datetime) -> vault_pb2.MemoryFilter | N
     start = dt.datetime.combine(period.start, dt.time(), dt.UTC) - SAID_BEFORE
     end = dt.datetime.combine(period.end, dt.time(), dt.UTC) + SAID_AFTER
     return vault_pb2.MemoryFilter(event_time_after=to_timestamp(start), event_time_before=to_timestamp(end))
+
+
+def favour_named_speakers(
+    query: str, found: Sequence[memory_pb2.ScoredMemory], weight: float
+) -> Sequence[memory_pb2.ScoredMemory]:
+    """``found`` re-ranked with ``weight`` added for memories said by a speaker the query names
+    ("What did Melanie paint?"): what a person said is what a question about them asks for. A
+    query naming every speaker among the candidates favours none."""
+    speakers = {m.memory.speaker for m in found if m.memory.speaker}
+    named = {s for s in speakers if re.search(rf"(?<!\w){re.escape(s)}(?!\w)", query, re.IGNORECASE)}
+    if not weight or not named or named == speakers:
+        return found
+    for m in found:
+        if m.memory.speaker in named:
+            m.score += weight  # the vault's reply is ours to change
+    return sorted(found, key=lambda m: -m.score)
 
 
 class Retriever:
@@ -72,7 +91,7 @@ class Retriever:
                 timeout=self._settings.vault_timeout_seconds,
             )
         chosen = assemble(
-            found.results,
+            favour_named_speakers(query, found.results, self._settings.speaker_boost),
             top_k=top_k,
             token_budget=token_budget,
             join_ratio=self._settings.join_ratio,

@@ -21,6 +21,9 @@ class SchedulerSettings(ServiceSettings, QueryEmbedderSettings, GeneratorSetting
     time_boost: float = Field(
         0.1, ge=0, le=1, description="added to the score of memories said in the time a query names"
     )
+    speaker_boost: float = Field(
+        0.1, ge=0, le=1, description="added to the score of memories said by a speaker the query names"
+    )
     join_ratio: float = Field(
         0.7, gt=0, le=1, description="a neighbour scoring at least this share of a hit joins its span"
     )
