@@ -35,6 +35,7 @@ from services.common import states
 from services.common.bus import PullWorker, durable_worker
 from services.common.clients import forward_errors
 from services.common.errors import MemosError, NotFound
+from services.common.memory_text import said
 
 from .moves import Mover
 from .policies import Policies
@@ -45,7 +46,6 @@ log = logging.getLogger(__name__)
 CONSUMER = "lifecycle-conflicts"
 S = memory_pb2.MemoryState
 
-_PREFIX = re.compile(r"^\[[^\]]*\]\s*")
 _WORD = re.compile(r"[a-z0-9']+")
 # Words that say the world changed since an earlier statement. Bare "now" is not one ("now I'm
 # painting") unless it closes a sentence or a statement of being ("I drive a Ford now").
@@ -82,10 +82,7 @@ class Verdict:
 
 def content(memory: memory_pb2.Memory) -> str:
     """The words said, lower-case, without the date and the speaker the reader puts in front."""
-    text = _PREFIX.sub("", memory.text)
-    if memory.speaker and text.startswith(memory.speaker + ":"):
-        text = text[len(memory.speaker) + 1 :]
-    return " ".join(_WORD.findall(text.lower()))
+    return " ".join(_WORD.findall(said(memory).lower()))
 
 
 def topic_words(text: str) -> set[str]:

@@ -195,11 +195,8 @@ def _statement_items(
         memory.speaker = piece_memory.speaker
         if piece_memory.HasField("event_time"):
             memory.event_time.CopyFrom(piece_memory.event_time)
-        source = memory.provenance.sources.add()
-        source.CopyFrom(piece_memory.provenance.sources[0])
-        source.position = 0
-        memory.provenance.request_id = piece_memory.provenance.request_id
-        memory.provenance.principal = piece_memory.provenance.principal
+        memory.provenance.CopyFrom(piece_memory.provenance)
+        memory.provenance.sources[0].position = 0
         memory.provenance.producer = "reader/statement"
         items.append(memory)
     return items

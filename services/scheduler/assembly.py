@@ -13,6 +13,7 @@ from dataclasses import dataclass
 
 from memos.type.v1 import memory_pb2
 from memos_sdk.tokens import count_tokens
+from services.common.memory_text import said
 
 _DATE_LINE = re.compile(r"^\[[^\]\n]{1,40}\] ")
 
@@ -31,14 +32,6 @@ def _place(memory: memory_pb2.Memory) -> tuple[str, int] | None:
     if len(sources) != 1 or not sources[0].position:
         return None
     return sources[0].session_id, sources[0].position
-
-
-def _said(memory: memory_pb2.Memory) -> str:
-    """The words a memory says, without the date line and speaker the reader puts in front."""
-    text = _DATE_LINE.sub("", memory.text, count=1)
-    if memory.speaker and text.startswith(f"{memory.speaker}: "):
-        text = text[len(memory.speaker) + 2 :]
-    return _normal(text)
 
 
 def _is_statement(span: Sequence[memory_pb2.Memory]) -> bool:
@@ -84,7 +77,7 @@ def assemble(
     taken: set[int] = set()
     chosen: list[Assembled] = []
     texts: list[str] = []  # each chosen item's text, normalised
-    said: list[str | None] = []  # each chosen statement's words, normalised; None for others
+    statements: list[str | None] = []  # each chosen statement's words, normalised; None for others
     used = 0
     for i, candidate in enumerate(ranked):
         if len(chosen) >= top_k:
@@ -107,7 +100,7 @@ def assemble(
             span = tuple(ranked[j].memory for j in attempt)
             text = span_text(span)
             normal = _normal(text)
-            words = _said(span[0]) if _is_statement(span) else None
+            words = _normal(said(span[0])) if _is_statement(span) else None
             if words is not None:
                 if any(words in earlier for earlier in texts):
                     break
@@ -115,7 +108,7 @@ def assemble(
             else:
                 if normal in texts:
                     break
-                carried = [k for k, w in enumerate(said) if w is not None and w in normal]
+                carried = [k for k, w in enumerate(statements) if w is not None and w in normal]
             tokens = count_tokens(text)
             freed = sum(chosen[k].tokens for k in carried)
             if token_budget and used - freed + tokens > token_budget:
@@ -125,13 +118,13 @@ def assemble(
                 # The statements this item carries give it the place of the first of them.
                 first = carried[0]
                 chosen[first] = Assembled(candidate.memory, chosen[first].score, tokens, text, span)
-                texts[first], said[first] = normal, None
+                texts[first], statements[first] = normal, None
                 for k in reversed(carried[1:]):
-                    del chosen[k], texts[k], said[k]
+                    del chosen[k], texts[k], statements[k]
             else:
                 chosen.append(Assembled(candidate.memory, candidate.score, tokens, text, span))
                 texts.append(normal)
-                said.append(words)
+                statements.append(words)
             taken.update(attempt)
             break
         taken.add(i)
