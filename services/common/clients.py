@@ -55,15 +55,16 @@ async def forward_errors(peer: str) -> AsyncIterator[None]:
     anything else becomes UNAVAILABLE naming the peer."""
     try:
         yield
-    except grpc.aio.AioRpcError as rpc_error:
-        error = MemosAPIError.from_rpc_error(rpc_error)
+    # A MemosAPIError comes from the call's token: the token service failed before the peer was asked.
+    except (grpc.aio.AioRpcError, MemosAPIError) as failure:
+        error = failure if isinstance(failure, MemosAPIError) else MemosAPIError.from_rpc_error(failure)
         if error.code in _PASS_THROUGH:
             forwarded = _Forwarded(error.message, reason=error.reason or error.code.name, **error.metadata)
             forwarded.code = error.code
-            raise forwarded from rpc_error
+            raise forwarded from failure
         raise Unavailable(
             f"{peer} failed: {error.code.name}: {error.message}", reason=f"{peer.upper()}_UNAVAILABLE"
-        ) from rpc_error
+        ) from failure
 
 
 async def paged(

@@ -225,17 +225,17 @@ class ConflictResolver:
         if memory.state not in states.LIVE:
             return None
         for hit in close:
-            other = hit.memory
-            earlier, later = sorted((other, memory), key=lambda m: (when(m), m.create_time.ToNanoseconds()))
             verdict = judge(
-                earlier,
-                later,
+                *_in_time_order(hit.memory, memory),
                 hit.score,
                 duplicate_similarity=self._settings.duplicate_similarity,
                 conflict_similarity=self._settings.conflict_similarity,
             )
             if verdict is None:
                 continue
+            # A query's hit lacks its index key (index_context), which the next version must keep.
+            other = await self._mover.get(hit.memory.name)
+            earlier, later = _in_time_order(other, memory)
             if verdict.rule == "contradiction":
                 await self.supersede(earlier, later, verdict)
             else:
@@ -280,6 +280,10 @@ class ConflictResolver:
 
         await self._mover.move(duplicate, _change(S.MEMORY_STATE_MERGED, verdict, survivor.name), edit=point)
         log.info("%s merged into %s (%.3f)", duplicate.name, survivor.name, verdict.score)
+
+
+def _in_time_order(a: memory_pb2.Memory, b: memory_pb2.Memory) -> list[memory_pb2.Memory]:
+    return sorted((a, b), key=lambda m: (when(m), m.create_time.ToNanoseconds()))
 
 
 def _change(target: int, verdict: Verdict, related: str) -> memory_pb2.StateChange:

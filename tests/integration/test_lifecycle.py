@@ -220,8 +220,28 @@ async def test_restatements_merge_and_contradictions_supersede(nats, triton_addr
         nats, triton_addr, tmp_path, lifecycle={"sweep_interval_seconds": 3600.0}
     ) as mesh:
         client = mesh.client
-        blue = await _add(client, cube, "My favorite color is blue.", "t1", day=1)
-        puppy = await _add(client, cube, "I adopted a puppy named Max.", "t2", day=2)
+        # Said in a conversation, the earlier memories are indexed under their context too, a
+        # key that searches leave out and that the versions the lifecycle writes must keep.
+        said = await client.add_messages(
+            cube,
+            [
+                {
+                    "id": t,
+                    "speaker": who,
+                    "text": text,
+                    "time_text": f"2023-05-0{day} 10:00",
+                    "session_id": "s0",
+                }
+                for t, who, text, day in [
+                    ("t1", "Alice", "My favorite color is blue.", 1),
+                    ("t1b", "Bob", "Good to know, thanks.", 1),
+                    ("t2", "Alice", "I adopted a puppy named Max.", 2),
+                ]
+            ],
+            wait_applied=True,
+        )
+        blue, _, puppy = said.memory_names
+        assert (await client.get(blue)).index_context and (await client.get(puppy)).index_context
         other = await _add(client, cube, "My favorite color is blue.", "t3", day=3, speaker="Bob")
         again = await _add(client, cube, "I adopted a puppy named Max.", "t4", day=4)
         green = await _add(client, cube, "My favorite color is green now.", "t5", day=9)

@@ -3,8 +3,10 @@ import pytest
 from google.rpc import error_details_pb2
 from grpc_status import rpc_status
 
+from memos_sdk.errors import MemosAPIError
 from services.common import validation
-from services.common.errors import ERROR_DOMAIN, InvalidArgument, NotFound, to_status
+from services.common.clients import forward_errors
+from services.common.errors import ERROR_DOMAIN, InvalidArgument, MemosError, NotFound, Unavailable, to_status
 from services.common.pagination import PageTokens
 
 
@@ -19,6 +21,23 @@ def test_errors_become_statuses_with_error_info():
         "MEMORY_NOT_FOUND",
         ERROR_DOMAIN,
         {"name": "x"},
+    )
+
+
+async def test_a_peer_call_whose_token_failed_is_a_service_error_with_its_code():
+    # The token is fetched inside the call's interceptor: its failure is not an AioRpcError.
+    down = MemosAPIError(grpc.StatusCode.UNAVAILABLE, "failed to connect", "", {})
+    with pytest.raises(Unavailable) as unavailable:
+        async with forward_errors("vault"):
+            raise down
+    assert unavailable.value.reason == "VAULT_UNAVAILABLE"
+    refused = MemosAPIError(grpc.StatusCode.UNAUTHENTICATED, "unknown key", "INVALID_API_KEY", {})
+    with pytest.raises(MemosError) as forwarded:
+        async with forward_errors("vault"):
+            raise refused
+    assert (forwarded.value.code, forwarded.value.reason) == (
+        grpc.StatusCode.UNAUTHENTICATED,
+        "INVALID_API_KEY",
     )
 
 
