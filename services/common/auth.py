@@ -214,6 +214,11 @@ class TokenVerifier:
         return caller
 
 
+# A service passing its caller's token on also sends its own in this header: the peer then knows
+# the call relays a request that was admitted, counted and audited where it came in.
+RELAY_HEADER = "memos-relayed-by"
+
+
 class OutgoingToken:
     """The token a service sends to its peers: its caller's while serving a request, else its own."""
 
@@ -225,6 +230,12 @@ class OutgoingToken:
         if caller is not None:
             return caller.token
         return await self._own.token() if self._own is not None else None
+
+    async def relay(self) -> str | None:
+        """The service's own token while it passes a caller's on (for RELAY_HEADER), else None."""
+        if current_caller.get() is None or self._own is None:
+            return None
+        return await self._own.token()
 
     async def close(self) -> None:
         if self._own is not None:

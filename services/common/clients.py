@@ -16,6 +16,7 @@ from memos_sdk.channels import aio_channel
 from memos_sdk.errors import MemosAPIError
 
 from . import states
+from .auth import RELAY_HEADER
 from .errors import MemosError, Unavailable
 from .guard import outgoing_token
 from .settings import ServiceSettings
@@ -37,7 +38,12 @@ _PASS_THROUGH = {
 async def open_channel(addr: str, settings: ServiceSettings) -> AsyncIterator[grpc.aio.Channel]:
     """A channel to a peer whose calls carry the trace and a token (see auth.OutgoingToken)."""
     token = outgoing_token(settings)
-    channel = aio_channel(addr, settings.tls(), [*trace_interceptors(), *auth_interceptors(token)])
+    interceptors = [
+        *trace_interceptors(),
+        *auth_interceptors(token),
+        *auth_interceptors(token.relay, header=RELAY_HEADER),
+    ]
+    channel = aio_channel(addr, settings.tls(), interceptors)
     try:
         yield channel
     finally:

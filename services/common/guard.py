@@ -14,7 +14,7 @@ from memos.governance.v1 import governance_pb2
 
 from .access import WRITER, AclMirror, RateLimiter, Rule, decide, open_acl_bucket
 from .audit import AuditTrail
-from .auth import Caller, OutgoingToken, TokenVerifier
+from .auth import RELAY_HEADER, Caller, OutgoingToken, TokenVerifier
 from .bus import open_jetstream
 from .errors import PermissionDenied, ResourceExhausted, Unauthenticated
 from .settings import ServiceSettings
@@ -65,11 +65,12 @@ class Guard:
         record = governance_pb2.AuditRecord(action=method, trace_id=_trace_id())
         try:
             caller = self.verifier.verify(metadata.get("authorization"))
+            record.principal = caller.principal
+            relayed = self._relayed(metadata.get(RELAY_HEADER))
         except Unauthenticated as err:
             await self._deny(record, err.reason)
             raise
-        record.principal = caller.principal
-        if not caller.is_service and not self.limiter.allow(caller.principal):
+        if not (caller.is_service or relayed) and not self.limiter.allow(caller.principal):
             await self._deny(record, "RATE_LIMITED")
             raise ResourceExhausted(
                 f"{caller.principal} sends more than its rate limit allows; slow down",
@@ -91,9 +92,19 @@ class Guard:
             )
         record.allowed, record.reason = True, reason
         changes = rule.admin or rule.role >= WRITER
-        if changes or not caller.is_service:  # a service's own reads are plumbing, not decisions
+        # A service's own reads are plumbing, and a relayed read was recorded where it came in.
+        if changes or not (caller.is_service or relayed):
             await self.audit.record(record, wait=changes)
         return caller
+
+    def _relayed(self, authorization: str | None) -> bool:
+        """Whether a service relays the call (RELAY_HEADER holds a service's valid token).
+        UNAUTHENTICATED when the header holds anything else: nobody else may claim it."""
+        if authorization is None:
+            return False
+        if not self.verifier.verify(authorization).is_service:
+            raise Unauthenticated(f"{RELAY_HEADER} must hold a service's token", reason="RELAY_NOT_A_SERVICE")
+        return True
 
     async def _decide(self, caller: Caller, rule: Rule, cube_id: str) -> tuple[bool, str]:
         if rule.admin or (rule.cube is not None and not cube_id):  # no cube named: all of them

@@ -12,11 +12,14 @@ import nats as nats_py
 import pytest
 
 from memos.governance.v1 import governance_pb2
+from memos.vault.v1 import vault_pb2, vault_pb2_grpc
 from memos_sdk import MemosAPIError
 from memos_sdk.audit import GENESIS, verify_chain
+from memos_sdk.channels import aio_channel
 from memos_sdk.cli import main as memos_cli
 from memos_sdk.wire import Stream, audit_subject
-from tests.conftest import in_process_mesh, start_nats
+from services.common.auth import RELAY_HEADER
+from tests.conftest import client_tls, in_process_mesh, mint_token, start_nats
 
 pytestmark = [pytest.mark.integration, pytest.mark.security]
 
@@ -89,6 +92,36 @@ async def test_decisions_are_chained_and_a_forged_record_breaks_the_chain(
         capsys.readouterr()
         code = await asyncio.to_thread(_cli, mesh, ["audit", "verify"])
         assert code == 2 and f"BROKEN at record {ack.seq}" in capsys.readouterr().out
+
+
+async def test_a_read_is_recorded_where_it_came_in_and_relaying_is_for_services(nats, triton_addr, tmp_path):
+    async with in_process_mesh(nats, triton_addr, tmp_path) as mesh:
+        admin = mesh.client
+        await admin.add_messages(
+            "relayed", [{"speaker": "a", "text": "The gate code is 4321."}], wait_applied=True
+        )
+        await admin.search("relayed", "gate code")
+        records = await _records_until(admin, lambda rs: any(r.action.endswith("/Search") for r in rs))
+        search = next(r for r in records if r.action.endswith("/Search"))
+        assert (search.principal, search.cube_id, search.allowed) == ("principals/admin", "relayed", True)
+        assert len(search.trace_id) == 32
+        # The scheduler asked the vault with the caller's token: the same read, recorded once
+        # (reads are recorded in the background: give the vault's a moment to arrive).
+        await asyncio.sleep(1.0)
+        records = [r async for r in admin.audit()]
+        assert [r.action for r in records if r.trace_id == search.trace_id] == [search.action]
+
+        # A caller may not claim to be relayed: the header must hold a service's token.
+        token = mint_token(mesh.keys)
+        async with aio_channel(mesh.endpoints.vault, client_tls(mesh.keys)) as channel:
+            vault = vault_pb2_grpc.VaultServiceStub(channel)
+            with pytest.raises(grpc.aio.AioRpcError) as refused:
+                await vault.Query(
+                    vault_pb2.QueryRequest(cube_id="relayed", text="gate code"),
+                    metadata=[("authorization", f"Bearer {token}"), (RELAY_HEADER, f"Bearer {token}")],
+                )
+        assert refused.value.code() == grpc.StatusCode.UNAUTHENTICATED
+        assert MemosAPIError.from_rpc_error(refused.value).reason == "RELAY_NOT_A_SERVICE"
 
 
 def _cli(mesh, argv: list[str]) -> int:

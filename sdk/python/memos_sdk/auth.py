@@ -107,34 +107,41 @@ class TokenSource:
 TokenGetter = Callable[[], Awaitable[str | None]]
 
 
-def _with_token(details: grpc.aio.ClientCallDetails, token: str | None) -> grpc.aio.ClientCallDetails:
+def _with_token(
+    details: grpc.aio.ClientCallDetails, token: str | None, header: str
+) -> grpc.aio.ClientCallDetails:
     if not token:
         return details
     metadata = grpc.aio.Metadata(*(details.metadata or ()))
-    if AUTH_HEADER in metadata:
+    if header in metadata:
         return details
-    metadata.add(AUTH_HEADER, f"Bearer {token}")
+    metadata.add(header, f"Bearer {token}")
     return grpc.aio.ClientCallDetails(
         details.method, details.timeout, metadata, details.credentials, details.wait_for_ready
     )
 
 
 class _UnaryUnary(grpc.aio.UnaryUnaryClientInterceptor):
-    def __init__(self, get_token: TokenGetter) -> None:
+    def __init__(self, get_token: TokenGetter, header: str) -> None:
         self._get_token = get_token
+        self._header = header
 
     async def intercept_unary_unary(self, continuation, client_call_details, request):
-        return await continuation(_with_token(client_call_details, await self._get_token()), request)
+        details = _with_token(client_call_details, await self._get_token(), self._header)
+        return await continuation(details, request)
 
 
 class _UnaryStream(grpc.aio.UnaryStreamClientInterceptor):
-    def __init__(self, get_token: TokenGetter) -> None:
+    def __init__(self, get_token: TokenGetter, header: str) -> None:
         self._get_token = get_token
+        self._header = header
 
     async def intercept_unary_stream(self, continuation, client_call_details, request):
-        return await continuation(_with_token(client_call_details, await self._get_token()), request)
+        details = _with_token(client_call_details, await self._get_token(), self._header)
+        return await continuation(details, request)
 
 
-def auth_interceptors(get_token: TokenGetter) -> list[grpc.aio.ClientInterceptor]:
-    """Interceptors that send ``await get_token()`` (when it is not empty) as a bearer token."""
-    return [_UnaryUnary(get_token), _UnaryStream(get_token)]
+def auth_interceptors(get_token: TokenGetter, header: str = AUTH_HEADER) -> list[grpc.aio.ClientInterceptor]:
+    """Interceptors that send ``await get_token()`` (when it is not empty) as a bearer token in
+    ``header``."""
+    return [_UnaryUnary(get_token, header), _UnaryStream(get_token, header)]
