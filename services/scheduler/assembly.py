@@ -34,8 +34,8 @@ def _place(memory: memory_pb2.Memory) -> tuple[str, int] | None:
     return sources[0].session_id, sources[0].position
 
 
-def _is_statement(span: Sequence[memory_pb2.Memory]) -> bool:
-    return len(span) == 1 and span[0].type == memory_pb2.MEMORY_TYPE_FACT
+def _is_statement(memory: memory_pb2.Memory, place: tuple[str, int] | None) -> bool:
+    return place is None and memory.type == memory_pb2.MEMORY_TYPE_FACT
 
 
 def _normal(text: str) -> str:
@@ -67,65 +67,76 @@ def assemble(
 
     ``token_budget`` 0 means no limit. A span that does not fit is tried as its best memory
     alone; an item that still does not fit is skipped, not truncated: the text a client receives
-    is always made of whole memories. Exact repeats are skipped, and so is a statement (a fact
-    the reader took from a turn) whose words an earlier item carries; a turn chosen after its
-    statement takes the statement's place instead of a new one.
+    is always made of whole memories. Exact repeats are skipped.
+
+    A statement (a fact the reader took from a long piece) stands for that piece: when the piece
+    is among the candidates, the statement takes its place in the session, with the piece's
+    neighbours around it, and the piece itself is not taken later. The sentence that matched
+    comes with the conversation around it, not with the rest of a long turn. A statement whose
+    words an earlier item carries is skipped.
     """
     ranked = list(candidates)
     places = [_place(c.memory) for c in ranked]
     at = {place: i for i, place in enumerate(places) if place}
+    pieces_of: dict[tuple[str, str], list[int]] = {}  # the numbered pieces of each turn
+    for i, place in enumerate(places):
+        if place:
+            source = ranked[i].memory.provenance.sources[0]
+            pieces_of.setdefault((source.session_id, source.turn_id), []).append(i)
     taken: set[int] = set()
     chosen: list[Assembled] = []
     texts: list[str] = []  # each chosen item's text, normalised
-    statements: list[str | None] = []  # each chosen statement's words, normalised; None for others
+
+    def piece_saying(words: str, memory: memory_pb2.Memory) -> int | None:
+        sources = memory.provenance.sources
+        if len(sources) != 1:
+            return None
+        for j in pieces_of.get((sources[0].session_id, sources[0].turn_id), ()):
+            if j not in taken and words in _normal(ranked[j].memory.text):
+                return j
+        return None
+
     used = 0
     for i, candidate in enumerate(ranked):
         if len(chosen) >= top_k:
             break
         if i in taken:
             continue
-        members = [i]
-        place = places[i]
-        if place and candidate.score > 0 and max_span > 1:
+        taken.add(i)
+        anchor: int | None = i
+        if _is_statement(candidate.memory, places[i]):
+            words = _normal(said(candidate.memory))
+            if any(words in earlier for earlier in texts):
+                continue
+            anchor = piece_saying(words, candidate.memory)
+        members = [i] if anchor is None else [anchor]
+        place = places[anchor] if anchor is not None else None
+        # Neighbours join as they would join the piece.
+        reference = ranked[anchor].score if anchor is not None else candidate.score
+        if place and reference > 0 and max_span > 1:
             for step in (-1, 1):
                 position = place[1] + step
                 while len(members) < max_span:
                     j = at.get((place[0], position))
-                    if j is None or j in taken or ranked[j].score < join_ratio * candidate.score:
+                    if j is None or j in taken or ranked[j].score < join_ratio * reference:
                         break
                     members.append(j)
                     position += step
         members.sort(key=lambda j: places[j][1] if places[j] else 0)
-        for attempt in (members, [i]) if len(members) > 1 else ([i],):
-            span = tuple(ranked[j].memory for j in attempt)
+        for attempt in (members, [i]) if members != [i] else ([i],):
+            span = tuple(ranked[i if j == anchor else j].memory for j in attempt)
             text = span_text(span)
             normal = _normal(text)
-            words = _normal(said(span[0])) if _is_statement(span) else None
-            if words is not None:
-                if any(words in earlier for earlier in texts):
-                    break
-                carried = []
-            else:
-                if normal in texts:
-                    break
-                carried = [k for k, w in enumerate(statements) if w is not None and w in normal]
+            if normal in texts:
+                break
             tokens = count_tokens(text)
-            freed = sum(chosen[k].tokens for k in carried)
-            if token_budget and used - freed + tokens > token_budget:
+            if token_budget and used + tokens > token_budget:
                 continue
-            used += tokens - freed
-            if carried:
-                # The statements this item carries give it the place of the first of them.
-                first = carried[0]
-                chosen[first] = Assembled(candidate.memory, chosen[first].score, tokens, text, span)
-                texts[first], statements[first] = normal, None
-                for k in reversed(carried[1:]):
-                    del chosen[k], texts[k], statements[k]
-            else:
-                chosen.append(Assembled(candidate.memory, candidate.score, tokens, text, span))
-                texts.append(normal)
-                statements.append(words)
+            used += tokens
+            chosen.append(Assembled(candidate.memory, candidate.score, tokens, text, span))
+            texts.append(normal)
             taken.update(attempt)
+            if anchor is not None:
+                taken.add(anchor)  # a statement stands for its piece even when it is alone
             break
-        taken.add(i)
     return chosen

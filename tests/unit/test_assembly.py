@@ -83,14 +83,34 @@ def test_a_statement_the_chosen_turn_says_is_dropped():
     assert [c.memory.name for c in assemble([turn, fact], top_k=10, token_budget=0)] == ["t"]
 
 
-def test_a_turn_chosen_after_its_statement_takes_the_statements_place():
+def test_a_statement_takes_its_pieces_place_among_the_pieces_neighbours():
     fact = _fact("f", "[8 May 2023] user: By the way, I got 25 new postcards.", 1.0)
-    other = _fact("o", "[9 May 2023] user: I sold my bike to a neighbour.", 0.95)
-    turn = _turn("t", "[8 May 2023] user: Plan my party. By the way, I got 25 new postcards.", 0.9, 5)
-    chosen = assemble([fact, other, turn], top_k=10, token_budget=0)
-    assert [(c.memory.name, c.score) for c in chosen] == [("t", 1.0), ("o", 0.95)]
-    assert chosen[0].text == turn.memory.text
-    # under a budget the statement stays when its turn does not fit in its place
-    budget = count_tokens(fact.memory.text) + count_tokens(other.memory.text) + 3
-    chosen = assemble([fact, other, turn], top_k=10, token_budget=budget)
-    assert [c.memory.name for c in chosen] == ["f", "o"]
+    piece = _turn("S1:4", "[8 May 2023] user: Plan my party. By the way, I got 25 new postcards.", 0.6, 5)
+    reply = _turn("r", "[8 May 2023] assistant: Congratulations on the postcards!", 0.5, 6)
+    other = _turn("o", "[9 May 2023] user: I sold my bike.", 0.4, 1, session="S2")
+    first, second = assemble([fact, piece, reply, other], top_k=10, token_budget=0)
+    # the reply joins as it would join the piece (0.5 >= 0.7 * 0.6), the piece is not repeated
+    assert [m.name for m in first.span] == ["f", "r"] and (first.memory.name, first.score) == ("f", 1.0)
+    assert (
+        first.text
+        == "[8 May 2023] user: By the way, I got 25 new postcards. assistant: Congratulations on the postcards!"
+    )
+    assert second.memory.name == "o"
+
+
+def test_a_statement_alone_under_a_budget_still_stands_for_its_piece():
+    fact = _fact("f", "[8 May 2023] user: By the way, I got 25 new postcards.", 1.0)
+    piece = _turn("S1:4", "[8 May 2023] user: Plan my party. By the way, I got 25 new postcards.", 0.9, 5)
+    reply = _turn(
+        "r",
+        "[8 May 2023] assistant: Congratulations! Where will you keep them all, and which one do you like "
+        "best? Do tell me more about the collection.",
+        0.8,
+        6,
+    )
+    other = _fact("o", "[9 May 2023] user: I sold my bike to a neighbour.", 0.7)
+    budget = count_tokens(fact.memory.text) + count_tokens(piece.memory.text) + 1
+    chosen = assemble([fact, piece, reply, other], top_k=10, token_budget=budget)
+    # the span with the reply does not fit: the statement alone; its piece would fit, but is not taken
+    assert [[m.name for m in c.span] for c in chosen] == [["f"], ["o"]]
+    assert [c.memory.name for c in assemble([fact, piece], top_k=10, token_budget=0)] == ["f"]
