@@ -246,9 +246,10 @@ def _redacted(turns: list[Turn], redactor: Redactor) -> list[Turn]:
 def _flag_instructions(items: list[memory_pb2.Memory], turn_texts: dict[str, str]) -> None:
     """Label items whose source turn (or, for documents, whose own text) reads like an
     instruction to a model (injection.py)."""
+    of_turn = {turn_id: instruction_rules(text) for turn_id, text in turn_texts.items()}  # once per turn
     for item in items:
-        texts = [turn_texts[s.turn_id] for s in item.provenance.sources if s.turn_id in turn_texts]
-        rules = sorted({r for text in (texts or [item.text]) for r in instruction_rules(text)})
+        found = [of_turn[s.turn_id] for s in item.provenance.sources if s.turn_id in of_turn]
+        rules = sorted({r for rules in (found or [instruction_rules(item.text)]) for r in rules})
         if rules:
             item.labels[INJECTION_LABEL] = ",".join(rules)
 
