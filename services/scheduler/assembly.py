@@ -1,8 +1,8 @@
 """Budgeted assembly: the best items, in rank order, that fit a token budget, without repeats.
 
 Neighbouring pieces of one session that match well together are joined into one span under a
-single date line, in session order: the reply after a matching question is usually the answer,
-and one span costs fewer tokens than its pieces as separate items.
+single date line, in session order, and so is the reply to a question that matched, which is
+usually the answer; one span costs fewer tokens than its pieces as separate items.
 """
 
 from __future__ import annotations
@@ -38,6 +38,10 @@ def _is_statement(memory: memory_pb2.Memory, place: tuple[str, int] | None) -> b
     return place is None and memory.type == memory_pb2.MEMORY_TYPE_FACT
 
 
+def _asks(memory: memory_pb2.Memory) -> bool:
+    return memory.text.rstrip().endswith("?")
+
+
 def _normal(text: str) -> str:
     return " ".join(text.lower().split())
 
@@ -63,7 +67,9 @@ def assemble(
     join_ratio: float = 0.7,
     max_span: int = 4,
 ) -> list[Assembled]:
-    """Take candidates best first, each with the neighbours scoring at least ``join_ratio`` of it.
+    """Take candidates best first, each with the neighbours scoring at least ``join_ratio`` of it;
+    a question in the span takes the reply after it too, however the reply scores (when the reply
+    is among the candidates; up to ``max_span`` memories in all).
 
     ``token_budget`` 0 means no limit. A span that does not fit is tried as its best memory
     alone; an item that still does not fit is skipped, not truncated: the text a client receives
@@ -118,7 +124,12 @@ def assemble(
                 position = place[1] + step
                 while len(members) < max_span:
                     j = at.get((place[0], position))
-                    if j is None or j in taken or ranked[j].score < join_ratio * reference:
+                    if j is None or j in taken:
+                        break
+                    # The reply to a question in the span is its answer, however it scores.
+                    before = at[(place[0], position - 1)] if step == 1 else None
+                    answers = before is not None and _asks(ranked[i if before == anchor else before].memory)
+                    if ranked[j].score < join_ratio * reference and not answers:
                         break
                     members.append(j)
                     position += step

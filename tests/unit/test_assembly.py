@@ -53,6 +53,25 @@ def test_neighbours_that_match_well_join_the_hit_in_session_order():
     assert [c.memory.name for c in (second, third)] == ["far", "b"]
 
 
+def test_the_reply_to_a_question_joins_it_however_it_scores():
+    candidates = [
+        _turn("q", "[8 May 2023] Mel: What did you paint last week?", 1.0, 5),
+        _turn("far", "[9 May 2023] Mel: Unrelated.", 0.9, 40),
+        _turn("a", "[8 May 2023] Caroline: A sunset over the lake.", 0.2, 6),
+        _turn("b", "[8 May 2023] Mel: Lovely.", 0.1, 7),  # a reply to an answer: stays out
+    ]
+    first, *_ = assemble(candidates, top_k=10, token_budget=0, join_ratio=0.7)
+    assert [m.name for m in first.span] == ["q", "a"]
+    # a statement stands for its piece and asks nothing: the reply to the piece's question stays out
+    fact = _fact("f", "[8 May 2023] user: I got 25 new postcards.", 1.0)
+    piece = _turn("S1:4", "[8 May 2023] user: I got 25 new postcards. Where can I frame them?", 0.6, 5)
+    reply = _turn("r", "[8 May 2023] assistant: Try a craft store.", 0.2, 6)
+    assert [m.name for m in assemble([fact, piece, reply], top_k=10, token_budget=0)[0].span] == ["f"]
+    # the question before a hit is not joined unless it scores
+    answer_first = [_turn("a", "Caroline: A sunset.", 1.0, 6), _turn("q", "Mel: What did you paint?", 0.2, 5)]
+    assert [len(c.span) for c in assemble(answer_first, top_k=10, token_budget=0)] == [1, 1]
+
+
 def test_no_join_across_sessions_gaps_or_with_max_span_one():
     candidates = [
         _turn("x", "x", 1.0, 5),
