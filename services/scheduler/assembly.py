@@ -66,10 +66,12 @@ def assemble(
     token_budget: int,
     join_ratio: float = 0.7,
     max_span: int = 4,
+    reply_tokens: int = 60,
 ) -> list[Assembled]:
     """Take candidates best first, each with the neighbours scoring at least ``join_ratio`` of it;
-    a question in the span takes the reply after it too, however the reply scores (when the reply
-    is among the candidates; up to ``max_span`` memories in all).
+    a question in the span takes the reply after it too, however the reply scores, when the reply
+    is among the candidates and has at most ``reply_tokens`` (0: never); a longer reply would cost
+    more of the budget than the answer in it is worth. ``max_span`` memories at most.
 
     ``token_budget`` 0 means no limit. A span that does not fit is tried as its best memory
     alone; an item that still does not fit is skipped, not truncated: the text a client receives
@@ -128,7 +130,11 @@ def assemble(
                         break
                     # The reply to a question in the span is its answer, however it scores.
                     before = at[(place[0], position - 1)] if step == 1 else None
-                    answers = before is not None and _asks(ranked[i if before == anchor else before].memory)
+                    answers = (
+                        before is not None
+                        and _asks(ranked[i if before == anchor else before].memory)
+                        and count_tokens(ranked[j].memory.text) <= reply_tokens
+                    )
                     if ranked[j].score < join_ratio * reference and not answers:
                         break
                     members.append(j)

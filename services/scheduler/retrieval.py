@@ -96,6 +96,7 @@ class Retriever:
             token_budget=token_budget,
             join_ratio=self._settings.join_ratio,
             max_span=self._settings.max_span,
+            reply_tokens=self._settings.reply_tokens,
         )
         if record_usage:
             self._usage.record(cube_id, (m.name for a in chosen for m in a.span))

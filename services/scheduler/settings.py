@@ -28,6 +28,11 @@ class SchedulerSettings(ServiceSettings, QueryEmbedderSettings, GeneratorSetting
         0.7, gt=0, le=1, description="a neighbour scoring at least this share of a hit joins its span"
     )
     max_span: int = Field(4, gt=0, le=16, description="memories in one span (1: never join)")
+    reply_tokens: int = Field(
+        60,
+        ge=0,
+        description="a reply this short joins the question before it in a span whatever it scores (0: never)",
+    )
     vault_timeout_seconds: float = Field(10.0, gt=0)
     record_usage: bool = Field(True, description="count the memories searches and chats return (usage)")
     usage_linger_seconds: float = Field(

@@ -62,6 +62,9 @@ def test_the_reply_to_a_question_joins_it_however_it_scores():
     ]
     first, *_ = assemble(candidates, top_k=10, token_budget=0, join_ratio=0.7)
     assert [m.name for m in first.span] == ["q", "a"]
+    # a reply longer than reply_tokens joins only on its score
+    first, *_ = assemble(candidates, top_k=10, token_budget=0, join_ratio=0.7, reply_tokens=5)
+    assert [m.name for m in first.span] == ["q"]
     # a statement stands for its piece and asks nothing: the reply to the piece's question stays out
     fact = _fact("f", "[8 May 2023] user: I got 25 new postcards.", 1.0)
     piece = _turn("S1:4", "[8 May 2023] user: I got 25 new postcards. Where can I frame them?", 0.6, 5)
