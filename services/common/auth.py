@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextvars
 import hashlib
 import hmac
+import logging
 import secrets
 import time
 import uuid
@@ -24,8 +25,11 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey,
 
 from memos.governance.v1 import governance_pb2
 from memos_sdk.auth import TokenSource
+from memos_sdk.errors import MemosAPIError
 
 from .errors import InvalidArgument, Unauthenticated
+
+log = logging.getLogger(__name__)
 
 ISSUER = "memos-governance"
 AUDIENCE = "memos-mesh"
@@ -217,6 +221,7 @@ class TokenVerifier:
 # A service passing its caller's token on also sends its own in this header: the peer then knows
 # the call relays a request that was admitted, counted and audited where it came in.
 RELAY_HEADER = "memos-relayed-by"
+RELAY_RETRY_SECONDS = 30.0
 
 
 class OutgoingToken:
@@ -224,6 +229,7 @@ class OutgoingToken:
 
     def __init__(self, own: TokenSource | None) -> None:
         self._own = own
+        self._relay_retry_at = 0.0
 
     async def __call__(self) -> str | None:
         caller = current_caller.get()
@@ -232,10 +238,21 @@ class OutgoingToken:
         return await self._own.token() if self._own is not None else None
 
     async def relay(self) -> str | None:
-        """The service's own token while it passes a caller's on (for RELAY_HEADER), else None."""
-        if current_caller.get() is None or self._own is None:
+        """The service's own token while it passes a caller's on (for RELAY_HEADER), else None.
+
+        Without a token of its own (governance unreachable), the call goes unmarked for a while:
+        the peer then records the read again, which costs an audit record, not the caller's call.
+        """
+        if current_caller.get() is None or self._own is None or time.monotonic() < self._relay_retry_at:
             return None
-        return await self._own.token()
+        try:
+            return await self._own.token()
+        except MemosAPIError as err:
+            self._relay_retry_at = time.monotonic() + RELAY_RETRY_SECONDS
+            log.warning(
+                "relayed calls go unmarked for %.0fs: no token of our own (%s)", RELAY_RETRY_SECONDS, err
+            )
+            return None
 
     async def close(self) -> None:
         if self._own is not None:

@@ -3,8 +3,11 @@ import pytest
 from google.rpc import error_details_pb2
 from grpc_status import rpc_status
 
+from memos.governance.v1 import governance_pb2
+from memos_sdk.auth import TokenSource
 from memos_sdk.errors import MemosAPIError
 from services.common import validation
+from services.common.auth import Caller, OutgoingToken, current_caller
 from services.common.clients import forward_errors
 from services.common.errors import ERROR_DOMAIN, InvalidArgument, MemosError, NotFound, Unavailable, to_status
 from services.common.pagination import PageTokens
@@ -39,6 +42,31 @@ async def test_a_peer_call_whose_token_failed_is_a_service_error_with_its_code()
         grpc.StatusCode.UNAUTHENTICATED,
         "INVALID_API_KEY",
     )
+
+
+async def test_a_relayed_call_goes_unmarked_when_the_service_has_no_token_of_its_own():
+    # Governance is unreachable: the caller's call still goes out, without the relay header, and
+    # the service does not try again on every call.
+    unreachable = TokenSource("127.0.0.1:9", "memos_k_secret", timeout_seconds=2)
+    outgoing = OutgoingToken(unreachable)
+    caller = Caller("principals/u", governance_pb2.PRINCIPAL_KIND_USER, False, "users-token")
+    serving = current_caller.set(caller)
+    try:
+        assert await outgoing() == "users-token"
+        assert await outgoing.relay() is None
+        outgoing._own = _Refusing()
+        assert await outgoing.relay() is None
+    finally:
+        current_caller.reset(serving)
+        await unreachable.close()
+
+
+class _Refusing:
+    async def token(self) -> str:
+        raise AssertionError("asked for a token again within the retry interval")
+
+    async def close(self) -> None:
+        pass
 
 
 def test_page_tokens_round_trip_and_refuse_other_queries():
