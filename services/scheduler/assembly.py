@@ -140,7 +140,7 @@ def assemble(
                     members.append(j)
                     position += step
         members.sort(key=lambda j: places[j][1] if places[j] else 0)
-        for attempt in (members, [i]) if members != [i] else ([i],):
+        for attempt in (members, [i]) if len(members) > 1 else ([i],):
             span = tuple(ranked[i if j == anchor else j].memory for j in attempt)
             text = span_text(span)
             normal = _normal(text)
