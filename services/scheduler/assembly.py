@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from memos.type.v1 import memory_pb2
 from memos_sdk.tokens import count_tokens
 from services.common.memory_text import said
+from services.common.places import Place, asks, place
 
 _DATE_LINE = re.compile(r"^\[[^\]\n]{1,40}\] ")
 
@@ -27,19 +28,8 @@ class Assembled:
     span: tuple[memory_pb2.Memory, ...]  # every memory the text carries, in session order
 
 
-def _place(memory: memory_pb2.Memory) -> tuple[str, int] | None:
-    sources = memory.provenance.sources
-    if len(sources) != 1 or not sources[0].position:
-        return None
-    return sources[0].session_id, sources[0].position
-
-
-def _is_statement(memory: memory_pb2.Memory, place: tuple[str, int] | None) -> bool:
-    return place is None and memory.type == memory_pb2.MEMORY_TYPE_FACT
-
-
-def _asks(memory: memory_pb2.Memory) -> bool:
-    return memory.text.rstrip().endswith("?")
+def _is_statement(memory: memory_pb2.Memory, at: Place | None) -> bool:
+    return at is None and memory.type == memory_pb2.MEMORY_TYPE_FACT
 
 
 def _normal(text: str) -> str:
@@ -67,11 +57,13 @@ def assemble(
     join_ratio: float = 0.7,
     max_span: int = 4,
     reply_tokens: int = 60,
+    replies: Sequence[memory_pb2.Memory] = (),
 ) -> list[Assembled]:
     """Take candidates best first, each with the neighbours scoring at least ``join_ratio`` of it;
     a question in the span takes the reply after it too, however the reply scores, when the reply
-    is among the candidates and has at most ``reply_tokens`` (0: never); a longer reply would cost
-    more of the budget than the answer in it is worth. ``max_span`` memories at most.
+    is among the candidates or ``replies`` and has at most ``reply_tokens`` (0: never); a longer
+    reply would cost more of the budget than the answer in it is worth. ``max_span`` memories at
+    most. ``replies`` join spans only: they are not items of their own.
 
     ``token_budget`` 0 means no limit. A span that does not fit is tried as its best memory
     alone; an item that still does not fit is skipped, not truncated: the text a client receives
@@ -84,11 +76,16 @@ def assemble(
     words an earlier item carries is skipped.
     """
     ranked = list(candidates)
-    places = [_place(c.memory) for c in ranked]
-    at = {place: i for i, place in enumerate(places) if place}
+    anchors = len(ranked)  # the replies after them only join spans
+    ranked += [memory_pb2.ScoredMemory(memory=m, score=0.0) for m in replies]
+    places = [place(c.memory) for c in ranked]
+    at: dict[Place, int] = {}
+    for i, where in enumerate(places):
+        if where:
+            at.setdefault(where, i)
     pieces_of: dict[tuple[str, str], list[int]] = {}  # the numbered pieces of each turn
-    for i, place in enumerate(places):
-        if place:
+    for i, where in enumerate(places[:anchors]):
+        if where:
             source = ranked[i].memory.provenance.sources[0]
             pieces_of.setdefault((source.session_id, source.turn_id), []).append(i)
     taken: set[int] = set()
@@ -105,7 +102,7 @@ def assemble(
         return None
 
     used = 0
-    for i, candidate in enumerate(ranked):
+    for i, candidate in enumerate(ranked[:anchors]):
         if len(chosen) >= top_k:
             break
         if i in taken:
@@ -118,21 +115,21 @@ def assemble(
                 continue
             anchor = piece_saying(words, candidate.memory)
         members = [i] if anchor is None else [anchor]
-        place = places[anchor] if anchor is not None else None
+        where = places[anchor] if anchor is not None else None
         # Neighbours join as they would join the piece.
         reference = ranked[anchor].score if anchor is not None else candidate.score
-        if place and reference > 0 and max_span > 1:
+        if where and reference > 0 and max_span > 1:
             for step in (-1, 1):
-                position = place[1] + step
+                position = where[1] + step
                 while len(members) < max_span:
-                    j = at.get((place[0], position))
+                    j = at.get((where[0], position))
                     if j is None or j in taken:
                         break
                     # The reply to a question in the span is its answer, however it scores.
-                    before = at[(place[0], position - 1)] if step == 1 else None
+                    before = at[(where[0], position - 1)] if step == 1 else None
                     answers = (
                         before is not None
-                        and _asks(ranked[i if before == anchor else before].memory)
+                        and asks(ranked[i if before == anchor else before].memory)
                         and count_tokens(ranked[j].memory.text) <= reply_tokens
                     )
                     if ranked[j].score < join_ratio * reference and not answers:

@@ -87,6 +87,8 @@ class Retriever:
                     filter=memory_filter,
                     boost=boost,
                     boost_weight=self._settings.time_boost if boost else 0.0,
+                    # Items grow mostly from the first top_k candidates; a reply costs a read.
+                    replies=top_k if self._settings.reply_tokens else 0,
                 ),
                 timeout=self._settings.vault_timeout_seconds,
             )
@@ -97,6 +99,7 @@ class Retriever:
             join_ratio=self._settings.join_ratio,
             max_span=self._settings.max_span,
             reply_tokens=self._settings.reply_tokens,
+            replies=found.replies,
         )
         if record_usage:
             self._usage.record(cube_id, (m.name for a in chosen for m in a.span))

@@ -64,7 +64,7 @@ CONTEXT_DENSE = "context_dense"
 DENSE_KEYS = (DENSE, CONTEXT_DENSE)
 # The shard's directory under the data dir; a new layout gets a new name, and the vault
 # rebuilds it by replaying the write log.
-INDEX_DIR = "index-v9"
+INDEX_DIR = "index-v10"
 KEYWORD_FIELDS = (
     "cube",
     "memory_id",
@@ -76,6 +76,7 @@ KEYWORD_FIELDS = (
     "session_id",
     "tags",
     "turns",
+    "place",  # places.place_key: the reply to a question is looked up by its place
 )
 SET_FIELDS_PER_CALL = 16
 TERMS = "bm25_terms"  # payload: the term ids of a point's BM25 vector, to count document frequencies
@@ -150,6 +151,11 @@ def not_from(flt: Filter, turns: Sequence[str]) -> Filter:
     if not turns:
         return flt
     return Filter(must=list(flt.must), must_not=[FieldCondition(key="turns", match=MatchAny(list(turns)))])
+
+
+def at_places(flt: Filter, places: Sequence[str]) -> Filter:
+    """``flt`` narrowed to the points at any of ``places`` (``places.place_key``)."""
+    return also(flt, FieldCondition(key="place", match=MatchAny(list(places))))
 
 
 def narrowed(flt: Filter, spec: vault_pb2.MemoryFilter) -> Filter | None:
@@ -304,12 +310,16 @@ class EdgeIndex:
             await self._run(set_fields, items[start : start + SET_FIELDS_PER_CALL])
 
     async def scroll(
-        self, flt: Filter, offset: str | None, limit: int
+        self, flt: Filter, offset: str | None, limit: int, fields: Sequence[str] = ()
     ) -> tuple[list[dict[str, Any]], str | None]:
+        """A page of the payloads ``flt`` selects (whole, or only ``fields``) and the next offset."""
+
         def scroll() -> tuple[list[dict[str, Any]], str | None]:
-            records, next_offset = self.shard.scroll(
-                ScrollRequest(offset=offset, limit=limit, filter=flt, with_payload=True, with_vector=False)
+            selector = PayloadSelector.Include(list(fields)) if fields else True
+            request = ScrollRequest(
+                offset=offset, limit=limit, filter=flt, with_payload=selector, with_vector=False
             )
+            records, next_offset = self.shard.scroll(request)
             return [r.payload or {} for r in records], (str(next_offset) if next_offset is not None else None)
 
         return await self._run(scroll)

@@ -19,6 +19,7 @@ from enum import StrEnum
 from google.protobuf.timestamp_pb2 import Timestamp
 
 from memos.type.v1 import memory_pb2
+from services.common.places import place, place_key
 from services.common.sealing import Erased, SubjectKeys, seal, subject_key_id, unseal
 
 _NAMESPACE = uuid.UUID("6f1c2a0e-4d0b-5b0e-9a57-6d656d6f7321")
@@ -82,6 +83,8 @@ def payload(
     event_time = _rfc3339(memory.event_time)
     if event_time:
         fields["event_time"] = event_time
+    if (at := place(memory)) is not None:
+        fields["place"] = place_key(at)
     return fields
 
 

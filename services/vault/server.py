@@ -7,10 +7,12 @@ import logging
 import uuid
 from contextlib import AsyncExitStack
 
+from qdrant_edge import Filter
+
 from memos.type.v1 import memory_pb2
 from memos.vault.v1 import commands_pb2, vault_pb2, vault_pb2_grpc
 from memos_sdk.wire import Bucket
-from services.common import validation
+from services.common import places, validation
 from services.common.access import cube_id_at, field_at, memory_cube_at, reads, writes
 from services.common.buckets import open_bucket
 from services.common.bus import open_jetstream, wait_applied
@@ -28,7 +30,7 @@ from services.common.writes import publish_write, write_version
 
 from . import records
 from .applier import Applier
-from .index import CONTEXT_DENSE, DENSE, INDEX_DIR, EdgeIndex, memory_filter, narrowed
+from .index import CONTEXT_DENSE, DENSE, INDEX_DIR, EdgeIndex, at_places, memory_filter, narrowed
 from .records import Role
 from .settings import VaultSettings
 from .usage import UsageFolder
@@ -134,6 +136,10 @@ class VaultServicer(vault_pb2_grpc.VaultServiceServicer):
             raise InvalidArgument("give text, an embedding, or both", reason="EMPTY_QUERY")
         if not 0 <= request.boost_weight <= 1:
             raise InvalidArgument("boost_weight must be 0..1", reason="INVALID_BOOST", field="boost_weight")
+        if not 0 <= request.replies <= MAX_QUERY_LIMIT:
+            raise InvalidArgument(
+                f"replies must be 0..{MAX_QUERY_LIMIT}", reason="INVALID_REPLIES", field="replies"
+            )
         if request.boost.states or request.boost.kinds:
             raise InvalidArgument(
                 "boost may not name states or kinds (filter does)", reason="INVALID_BOOST", field="boost"
@@ -159,9 +165,29 @@ class VaultServicer(vault_pb2_grpc.VaultServiceServicer):
             if p.get("memory_id") != exclude
             for memory in records.readable([p], self._keys)
         ]
-        for result in results:
-            result.memory.ClearField("index_context")  # an index key, never injected
-        return vault_pb2.QueryResponse(results=results[:limit])
+        results = results[:limit]
+        replies = await self._replies(flt, [r.memory for r in results], request.replies)
+        for memory in (*(r.memory for r in results), *replies):
+            memory.ClearField("index_context")  # an index key, never injected
+        return vault_pb2.QueryResponse(results=results, replies=replies)
+
+    async def _replies(
+        self, flt: Filter, found: list[memory_pb2.Memory], first: int
+    ) -> list[memory_pb2.Memory]:
+        """The memories that ``flt`` selects said right after each of the ``first`` memories of
+        ``found`` that asks, leaving out those ``found`` holds."""
+        have = {at for m in found if (at := places.place(m))}
+        wanted = {
+            places.place_key(nxt)
+            for m in found[:first]
+            if places.asks(m) and (at := places.place(m)) and (nxt := places.after(at)) not in have
+        }
+        if not wanted:
+            return []
+        payloads, _ = await self._index.scroll(
+            at_places(flt, sorted(wanted)), None, len(wanted), records.RECORD_FIELDS
+        )
+        return records.readable(payloads, self._keys)
 
     async def UpdateMemory(self, request, context):
         request_id = validation.request_id(request.request_id) or uuid.uuid4().hex

@@ -146,6 +146,13 @@ async def test_query_with_a_bad_boost(mesh, boost):
     assert "INVALID_BOOST" in str(err.value.trailing_metadata())
 
 
+async def test_query_asking_too_many_replies(mesh):
+    with pytest.raises(grpc.aio.AioRpcError) as err:
+        await mesh.client.vault.Query(vault_pb2.QueryRequest(cube_id="demo", text="q", replies=201))
+    assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert "INVALID_REPLIES" in str(err.value.trailing_metadata())
+
+
 async def test_bad_preload_and_document_requests(mesh):
     with pytest.raises(grpc.aio.AioRpcError) as err:
         await mesh.client.scheduler.Preload(scheduler_pb2.PreloadRequest(cube_id="no such/cube"))

@@ -15,7 +15,7 @@ from google.protobuf import timestamp_pb2
 
 from memos.events.v1 import events_pb2
 from memos.type.v1 import memory_pb2
-from memos.vault.v1 import commands_pb2
+from memos.vault.v1 import commands_pb2, vault_pb2
 from memos_sdk import MemosAPIError
 from memos_sdk.bundles import ingest_bundle
 from memos_sdk.events import decode_event
@@ -153,6 +153,39 @@ async def test_a_statement_inside_a_long_turn_is_found_and_stands_for_the_turn(m
     assert top.text.startswith(f"user: {aside}")  # the assistant's reply may follow it in the span
     # The statement stands for the turn that says it: the rest of that turn is not repeated.
     assert not any(request in r.text or packing in r.text for r in found)
+
+
+async def test_the_reply_to_a_question_comes_with_it_though_it_shares_no_word(mesh, cube):
+    turns = [
+        ("Nate", "Congrats on finishing it! What genre is your screenplay?"),
+        ("Joanna", "A mix of drama and romance!"),
+        ("Nate", "I spent the weekend playing video games with my turtles nearby."),
+    ]
+    await mesh.client.add_messages(
+        cube,
+        [
+            {"id": f"D1:{i}", "speaker": who, "text": text, "session_id": "S1"}
+            for i, (who, text) in enumerate(turns, 1)
+        ],
+        wait_applied=True,
+    )
+    question = "What genre is the screenplay?"
+
+    async def query(**fields):
+        return await mesh.client.vault.Query(
+            vault_pb2.QueryRequest(cube_id=cube, text=question, limit=1, **fields)
+        )
+
+    found = await query(replies=1)
+    assert [r.memory.text for r in found.results] == [f"Nate: {turns[0][1]}"]
+    assert [m.text for m in found.replies] == ["Joanna: A mix of drama and romance!"]
+    assert not found.replies[0].index_context
+    assert not (await query()).replies
+    # The filter holds for replies too.
+    assert not (await query(replies=1, filter=vault_pb2.MemoryFilter(speaker="Nate"))).replies
+    # A search puts the reply in the question's span.
+    top = (await mesh.client.search(cube, question, top_k=1)).results[0]
+    assert [s.turn_id for m in top.span for s in m.provenance.sources][:2] == ["D1:1", "D1:2"]
 
 
 async def test_a_retried_request_writes_nothing_twice(mesh, cube):

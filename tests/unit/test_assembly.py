@@ -75,6 +75,23 @@ def test_the_reply_to_a_question_joins_it_however_it_scores():
     assert [len(c.span) for c in assemble(answer_first, top_k=10, token_budget=0)] == [1, 1]
 
 
+def test_a_reply_the_vault_added_joins_its_question_and_is_no_item_of_its_own():
+    candidates = [
+        _turn("q", "[8 May 2023] Mel: What genre is it?", 1.0, 5),
+        _turn("far", "[9 May 2023] Mel: Unrelated.", 0.9, 40),
+    ]
+    replies = [
+        _turn("a", "[8 May 2023] Caroline: Drama and romance!", 0.0, 6).memory,
+        _turn("other", "[9 May 2023] Caroline: Not after a question.", 0.0, 41).memory,
+    ]
+    chosen = assemble(candidates, top_k=10, token_budget=0, replies=replies)
+    assert [[m.name for m in c.span] for c in chosen] == [["q", "a"], ["far"]]
+    assert chosen[0].text == "[8 May 2023] Mel: What genre is it? Caroline: Drama and romance!"
+    # a long reply does not join, and is not taken alone either
+    chosen = assemble(candidates, top_k=10, token_budget=0, replies=replies, reply_tokens=3)
+    assert [[m.name for m in c.span] for c in chosen] == [["q"], ["far"]]
+
+
 def test_no_join_across_sessions_gaps_or_with_max_span_one():
     candidates = [
         _turn("x", "x", 1.0, 5),
