@@ -19,6 +19,7 @@ from typing import Any
 
 from nats.aio.msg import Msg
 from nats.js import JetStreamContext
+from nats.js.errors import NotFoundError
 from opentelemetry import trace
 from qdrant_edge import FieldCondition, Filter, MatchAny, MatchValue
 
@@ -76,10 +77,25 @@ class Applier:
         self._keys = keys
         self._batch_size = batch_size
         self._ack_wait = ack_wait_seconds
+        self._published_until = 0  # log sequence up to which events went out before a rebuild
 
     async def worker(self) -> PullWorker:
         """The worker on the write log's durable consumer, rewound when the index is new and empty
-        (to replay the whole log). Stopping it lets the batch in flight finish and be acked."""
+        (to replay the whole log). Stopping it lets the batch in flight finish and be acked.
+
+        A replay publishes no event for the commands applied before it (up to the consumer's ack
+        floor): rebuilding the index changes no memory, and subscribers and the lifecycle would
+        otherwise see every change again once the bus's duplicate window has passed."""
+        if self._index.created:
+            try:
+                info = await self._js.consumer_info(Stream.WRITES, VAULT_CONSUMER)
+                self._published_until = info.ack_floor.stream_seq
+            except NotFoundError:
+                pass  # a new log
+            if self._published_until:
+                log.info(
+                    "rebuilding the index: writes up to %d publish no events again", self._published_until
+                )
         return await durable_worker(
             self._js,
             Stream.WRITES,
@@ -128,6 +144,7 @@ class Applier:
                 with tracer.start_as_current_span(
                     "vault.apply", context=parent, kind=trace.SpanKind.CONSUMER
                 ):
+                    published = len(batch.events)
                     try:
                         if command.HasField("put"):
                             self._put(batch, command.put, parent)
@@ -141,6 +158,8 @@ class Applier:
                             msg.metadata.sequence.stream,
                             err,
                         )
+                    if msg.metadata.sequence.stream <= self._published_until:
+                        del batch.events[published:]
             await self._index.write(list(batch.upserts.values()), batch.delete_filters)
         await self._measure_nearest(batch)
         await asyncio.gather(*(self._publish(e) for e in batch.events))

@@ -14,7 +14,7 @@ import nats as nats_client
 import pytest
 
 from memos_sdk import Endpoints, MemosClient
-from memos_sdk.wire import Stream
+from memos_sdk.wire import Stream, events_subject
 from services.common.bus import wait_applied
 from services.common.grpc_host import ServiceHost
 from services.launcher.mesh import health_status
@@ -137,10 +137,17 @@ async def test_a_vault_with_an_empty_index_rebuilds_it_from_the_log(nats, triton
                 await client.delete(added[1])
     shutil.rmtree(vault_settings.data_dir / INDEX_DIR)
 
+    # A plain subscriber sees every publish, even one the stream drops as a duplicate.
+    watcher = await nats_client.connect(nats.url)
+    events = await watcher.subscribe(events_subject(cube))
     async with ServiceHost("vault", vault_settings, vault_setup) as vault:
         endpoints = Endpoints("unused:1", f"127.0.0.1:{vault.port}", "unused:1", nats.url)
         async with MemosClient(endpoints, token=mint_token(settings["keys"])) as client:
             await _wait_until_log_applied(nats.url, timeout_seconds=120)
+            await watcher.flush()
+            # The rebuild changed no memory, so it told no subscriber of any change.
+            assert events.pending_msgs == 0
+            await watcher.close()
             count, names = await _count_all(client, cube)
             assert count == len(added) - 1
             assert names == set(added) - {added[1]}
