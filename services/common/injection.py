@@ -13,6 +13,8 @@ import re
 
 from memos.type.v1 import memory_pb2
 
+from .memory_text import said
+
 LABEL = "memos.injection"
 
 _RULES: dict[str, str] = {
@@ -37,16 +39,10 @@ def is_flagged(labels: dict[str, str] | object) -> bool:
     return LABEL in labels  # type: ignore[operator]
 
 
-_RENDERED_PREFIX = re.compile(r"^\s*\[[^\]]{1,60}\]\s*")
-
-
 def relabel(memory: memory_pb2.Memory) -> None:
     """Set or clear the flag from the memory's own words (the "[date] speaker: " a turn item is
     rendered with is not the speaker's words). The label is the service's, not the client's."""
-    text = _RENDERED_PREFIX.sub("", memory.text)
-    if memory.speaker and text.startswith(f"{memory.speaker}:"):
-        text = text[len(memory.speaker) + 1 :]
-    rules = instruction_rules(text)
+    rules = instruction_rules(said(memory))
     if rules:
         memory.labels[LABEL] = ",".join(rules)
     else:

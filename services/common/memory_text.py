@@ -6,12 +6,16 @@ import re
 
 from memos.type.v1 import memory_pb2
 
-_DATE_PREFIX = re.compile(r"^\[[^\]]*\]\s*")
+from .timeparse import HUMAN_DATE
+
+# The date line the reader puts in front, exactly: words in brackets that are not a date are
+# the speaker's (and are read for injected instructions).
+DATE_PREFIX = re.compile(rf"^\[{HUMAN_DATE}\] ")
 
 
 def said(memory: memory_pb2.Memory) -> str:
     """The words of a memory without the date and the speaker the reader puts in front."""
-    text = _DATE_PREFIX.sub("", memory.text)
+    text = DATE_PREFIX.sub("", memory.text, count=1)
     if memory.speaker and text.startswith(memory.speaker + ":"):
         text = text[len(memory.speaker) + 1 :]
     return text.strip()

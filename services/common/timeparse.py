@@ -31,6 +31,9 @@ def human_date(when: dt.datetime) -> str:
     return f"{when.day} {when:%B %Y}"
 
 
+HUMAN_DATE = r"\d{1,2} [A-Z][a-z]+ \d{4}"  # what human_date writes, as a pattern
+
+
 _WEEKDAYS = ("monday", "tuesday", "wednesday", "thursday", "friday", "saturday", "sunday")
 _NUMBERS = {
     "a": 1, "an": 1, "one": 1, "two": 2, "three": 3, "four": 4, "five": 5, "six": 6,

@@ -7,16 +7,13 @@ usually the answer; one span costs fewer tokens than its pieces as separate item
 
 from __future__ import annotations
 
-import re
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
 from memos.type.v1 import memory_pb2
 from memos_sdk.tokens import count_tokens
-from services.common.memory_text import said
+from services.common.memory_text import DATE_PREFIX, said
 from services.common.places import Place, asks, place
-
-_DATE_LINE = re.compile(r"^\[[^\]\n]{1,40}\] ")
 
 
 @dataclass(frozen=True, slots=True)
@@ -39,7 +36,7 @@ def _normal(text: str) -> str:
 def span_text(span: Sequence[memory_pb2.Memory]) -> str:
     """The members' texts joined; a date line repeated from the first member is dropped."""
     first = span[0].text
-    date = _DATE_LINE.match(first)
+    date = DATE_PREFIX.match(first)
     parts = [first]
     for memory in span[1:]:
         text = memory.text
