@@ -3,6 +3,7 @@ session (the inference service as a process), and the other services in-process 
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import dataclasses
 import os
@@ -70,6 +71,18 @@ class NatsServer:
     def stop(self) -> None:
         self.proc.terminate()
         self.proc.wait(timeout=10)
+
+
+async def until(probe, what: str, within: float = 30.0):
+    """``probe()``'s first true value, awaited every 0.2 s; TimeoutError after ``within`` seconds."""
+    deadline = time.monotonic() + within
+    while True:
+        value = await probe()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise TimeoutError(what)
+        await asyncio.sleep(0.2)
 
 
 def start_nats(store: Path, port: int | None = None) -> NatsServer:

@@ -71,6 +71,7 @@ class Applier:
         *,
         batch_size: int,
         ack_wait_seconds: float,
+        usage_before: dict[str, dict[str, int]] | None = None,
     ) -> None:
         self._js = js
         self._index = index
@@ -78,6 +79,8 @@ class Applier:
         self._batch_size = batch_size
         self._ack_wait = ack_wait_seconds
         self._published_until = 0  # log sequence up to which events went out before a rebuild
+        # A rebuild's heads start from the usage the index before it held (index.usage_in).
+        self._usage_before = usage_before or {}
 
     async def worker(self) -> PullWorker:
         """The worker on the write log's durable consumer, rewound when the index is new and empty
@@ -252,11 +255,16 @@ class Applier:
                 "skipping header-only version %d of %s: its text differs", memory.version, memory.name
             )
             return None
+        usage = head
         if previous is not None:
             memory.usage.CopyFrom(previous.usage)
             vid = records.version_id(memory.cube_id, memory.memory_id, previous.version)
             batch.upserts[vid] = IndexPoint(vid, records.payload(previous, Role.VERSION, self._keys))
-        fields = records.payload(memory, Role.HEAD, self._keys, usage_seq=records.usage_seq(head))
+        elif (usage := self._usage_before.get(head_id)) is not None:
+            memory.usage.access_count = usage["access_count"]
+            if usage["last_access_ns"]:
+                memory.usage.last_access_time.FromNanoseconds(usage["last_access_ns"])
+        fields = records.payload(memory, Role.HEAD, self._keys, usage_seq=records.usage_seq(usage))
         if not put.keep_vectors:
             return IndexPoint(
                 head_id,

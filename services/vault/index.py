@@ -17,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import math
+import re
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -54,7 +55,7 @@ from memos.vault.v1 import vault_pb2
 from services.common import states
 from services.common.errors import InvalidArgument
 
-from .records import Role
+from .records import USAGE_FIELDS, Role
 
 log = logging.getLogger(__name__)
 
@@ -65,6 +66,7 @@ DENSE_KEYS = (DENSE, CONTEXT_DENSE)
 # The shard's directory under the data dir; a new layout gets a new name, and the vault
 # rebuilds it by replaying the write log.
 INDEX_DIR = "index-v10"
+_LAYOUT = re.compile(r"index-v(\d+)")
 KEYWORD_FIELDS = (
     "cube",
     "memory_id",
@@ -162,6 +164,46 @@ def narrowed(flt: Filter, spec: vault_pb2.MemoryFilter) -> Filter | None:
     """``flt`` with the conditions of ``spec``'s own fields too; None when it names none."""
     extra = spec_conditions(spec)
     return also(flt, *extra) if extra else None
+
+
+def previous_layout(data_dir: Path) -> Path | None:
+    """The newest index directory under ``data_dir`` of a layout before ``INDEX_DIR``, if any."""
+    current = int(_LAYOUT.fullmatch(INDEX_DIR).group(1))  # type: ignore[union-attr]
+    older = [
+        (int(m.group(1)), path)
+        for path in (data_dir.iterdir() if data_dir.is_dir() else ())
+        if (m := _LAYOUT.fullmatch(path.name)) and int(m.group(1)) < current and path.is_dir()
+    ]
+    return max(older)[1] if older else None
+
+
+def usage_in(path: Path) -> dict[str, dict[str, int]]:
+    """The usage fields of every head with any use in the index at ``path`` (of any layout), by
+    point id. Usage is folded into the index, not written to the log, so an index rebuilt from
+    the log starts its counts from these."""
+    shard = EdgeShard.load(str(path))
+    try:
+        heads = Filter(must=[FieldCondition(key="role", match=MatchValue(Role.HEAD.value))])
+        found: dict[str, dict[str, int]] = {}
+        offset = None
+        while True:
+            page, offset = shard.scroll(
+                ScrollRequest(
+                    offset=offset,
+                    limit=1024,
+                    filter=heads,
+                    with_payload=PayloadSelector.Include(list(USAGE_FIELDS)),
+                    with_vector=False,
+                )
+            )
+            for record in page:
+                fields = record.payload or {}
+                if fields.get("usage_seq"):
+                    found[str(record.id)] = {key: int(fields.get(key, 0)) for key in USAGE_FIELDS}
+            if offset is None:
+                return found
+    finally:
+        shard.close()
 
 
 class EdgeIndex:

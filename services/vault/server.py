@@ -30,7 +30,17 @@ from services.common.writes import publish_write, write_version
 
 from . import records
 from .applier import Applier
-from .index import CONTEXT_DENSE, DENSE, INDEX_DIR, EdgeIndex, at_places, memory_filter, narrowed
+from .index import (
+    CONTEXT_DENSE,
+    DENSE,
+    INDEX_DIR,
+    EdgeIndex,
+    at_places,
+    memory_filter,
+    narrowed,
+    previous_layout,
+    usage_in,
+)
 from .records import Role
 from .settings import VaultSettings
 from .usage import UsageFolder
@@ -297,7 +307,15 @@ async def setup(stack: AsyncExitStack, settings: VaultSettings) -> Component:
     run_until_closed(stack, lambda: index.flush_every(settings.index_flush_seconds), "index-flush")
     consumers = dict(batch_size=settings.apply_batch_size, ack_wait_seconds=settings.apply_ack_wait_seconds)
     keys = await SubjectKeys.start(stack, js)
-    writes = await Applier(js, index, keys, **consumers).worker()
+    usage_before = {}
+    if index.created and (previous := previous_layout(settings.data_dir)) is not None:
+        usage_before = await asyncio.to_thread(usage_in, previous)
+        log.info(
+            "rebuilding the index from the write log; usage of %d memories kept from %s",
+            len(usage_before),
+            previous,
+        )
+    writes = await Applier(js, index, keys, usage_before=usage_before, **consumers).worker()
     usage = await UsageFolder(js, index, linger_seconds=settings.usage_fold_seconds, **consumers).worker()
 
     async def stop() -> None:

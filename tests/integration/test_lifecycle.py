@@ -6,7 +6,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import datetime as dt
-import time
 from pathlib import Path
 
 import grpc
@@ -21,24 +20,13 @@ from services.common.grpc_host import ServiceHost
 from services.common.operations import operation_id, operation_name
 from services.lifecycle.rules import distillation_request_id
 from services.lifecycle.server import setup as lifecycle_setup
-from tests.conftest import in_process_mesh, lifecycle_settings
+from tests.conftest import in_process_mesh, lifecycle_settings, until
 
 pytestmark = pytest.mark.integration
 
 S = memory_pb2.MemoryState
 # Sweeps often (cubes without a policy are never swept); no conflict resolution unless asked.
 QUIET = {"sweep_interval_seconds": 0.3, "default_resolve_conflicts": False}
-
-
-async def _until(probe, what: str, within: float = 30.0):
-    deadline = time.monotonic() + within
-    while True:
-        value = await probe()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise TimeoutError(what)
-        await asyncio.sleep(0.2)
 
 
 async def _add(
@@ -118,11 +106,11 @@ async def test_a_memory_moves_through_every_state(nats, triton_addr, tmp_path: P
         assert superseded.lineage.superseded_by == b and superseded.state_change.related_name == b
 
         await client.set_policy(cube, ttl=dt.timedelta(seconds=1), resolve_conflicts=False)
-        expired = await _until(lambda: _state_is(client, b, S.MEMORY_STATE_EXPIRED), "b expired")
+        expired = await until(lambda: _state_is(client, b, S.MEMORY_STATE_EXPIRED), "b expired")
         assert expired.state_change.rule == "ttl"
         await client.transition(b, S.MEMORY_STATE_DELETED)
 
-        await _until(lambda: asyncio.sleep(0.1, result=len(seen) >= 11), "events arrived")
+        await until(lambda: asyncio.sleep(0.1, result=len(seen) >= 11), "events arrived")
         kinds = {kind for kind, subject in seen if subject in (a, b)}
         assert kinds == {
             "memory.activated",
@@ -156,7 +144,7 @@ async def test_ttl_expiry_and_rollback_work_across_a_lifecycle_restart(
             client = mesh.client_as(mesh.keys.admin_key, lifecycle=f"127.0.0.1:{second.port}")
             async with client:
                 assert (await client.get_policy(cube)).ttl.seconds == 4
-                expired = await _until(lambda: _state_is(client, name, S.MEMORY_STATE_EXPIRED), "expired")
+                expired = await until(lambda: _state_is(client, name, S.MEMORY_STATE_EXPIRED), "expired")
                 assert expired.state_change.rule == "ttl" and expired.version == 3
                 rolled = await client.rollback(name, 1)
         assert rolled.text.endswith("Alice's locker code is 4711.") and rolled.version == 4
@@ -185,14 +173,14 @@ async def test_searches_count_usage_which_promotes_and_decay_archives(
             memory = await client.get(used)
             return memory if memory.usage.access_count == 2 else None
 
-        counted_memory = await _until(counted, "usage counted")
+        counted_memory = await until(counted, "usage counted")
         assert counted_memory.version == 1  # usage is no new version
         assert (await client.get(unused)).usage.access_count == 0
 
         await client.set_policy(
             cube, promote_access_count=2, distill_activated_count=1, resolve_conflicts=False
         )
-        promoted = await _until(lambda: _state_is(client, used, S.MEMORY_STATE_ACTIVATED), "promoted")
+        promoted = await until(lambda: _state_is(client, used, S.MEMORY_STATE_ACTIVATED), "promoted")
         assert promoted.state_change.rule == "promotion" and promoted.usage.access_count == 2
         assert (await client.get(unused)).state == S.MEMORY_STATE_GENERATED
 
@@ -205,13 +193,13 @@ async def test_searches_count_usage_which_promotes_and_decay_archives(
                 return await client.get_operation(name)
             return None
 
-        operation = await _until(queued, "distillation queued")
+        operation = await until(queued, "distillation queued")
         assert operation.source_count == 1 and operation.message == "queued (policy)"
 
         await client.set_policy(
             cube, decay_half_life=dt.timedelta(seconds=2), archive_threshold=0.5, resolve_conflicts=False
         )
-        archived = await _until(lambda: _state_is(client, unused, S.MEMORY_STATE_ARCHIVED), "archived")
+        archived = await until(lambda: _state_is(client, unused, S.MEMORY_STATE_ARCHIVED), "archived")
         assert archived.state_change.rule == "decay" and archived.state_change.score < 0.5
 
 
@@ -246,13 +234,13 @@ async def test_restatements_merge_and_contradictions_supersede(nats, triton_addr
         again = await _add(client, cube, "I adopted a puppy named Max.", "t4", day=4)
         green = await _add(client, cube, "My favorite color is green now.", "t5", day=9)
 
-        merged = await _until(lambda: _state_is(client, again, S.MEMORY_STATE_MERGED), "merged")
+        merged = await until(lambda: _state_is(client, again, S.MEMORY_STATE_MERGED), "merged")
         assert merged.lineage.merged_into == puppy and merged.state_change.rule == "duplicate"
         survivor = await client.get(puppy)
         assert {s.turn_id for s in survivor.provenance.sources} == {"t2", "t4"}
         assert again in survivor.lineage.parent_names
 
-        old = await _until(lambda: _state_is(client, blue, S.MEMORY_STATE_SUPERSEDED), "superseded")
+        old = await until(lambda: _state_is(client, blue, S.MEMORY_STATE_SUPERSEDED), "superseded")
         assert old.lineage.superseded_by == green and old.state_change.rule == "contradiction"
         new = await client.get(green)
         assert new.lineage.supersedes == blue and new.state == S.MEMORY_STATE_GENERATED

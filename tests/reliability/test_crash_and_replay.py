@@ -13,15 +13,17 @@ from pathlib import Path
 import nats as nats_client
 import pytest
 
+from memos.vault.v1 import commands_pb2
 from memos_sdk import Endpoints, MemosClient
-from memos_sdk.wire import Stream, events_subject
-from services.common.bus import wait_applied
+from memos_sdk.wire import Stream, events_subject, usage_subject
+from services.common.bus import publish, wait_applied
+from services.common.clock import now_timestamp
 from services.common.grpc_host import ServiceHost
 from services.launcher.mesh import health_status
 from services.reader.server import setup as reader_setup
 from services.vault.index import INDEX_DIR
 from services.vault.server import setup as vault_setup
-from tests.conftest import ROOT, free_port, mesh_keys, mint_token, service_settings, wait_for
+from tests.conftest import ROOT, free_port, mesh_keys, mint_token, service_settings, until, wait_for
 
 pytestmark = [pytest.mark.integration, pytest.mark.reliability]
 
@@ -154,3 +156,41 @@ async def test_a_vault_with_an_empty_index_rebuilds_it_from_the_log(nats, triton
             rebuilt = await client.get(added[0])
             assert (rebuilt.version, rebuilt.text) == (2, updated.text)
             assert [v.version for v in await client.versions(added[0])] == [2, 1]
+
+
+async def test_an_index_of_a_new_layout_keeps_the_usage_of_the_old_one(nats, triton_addr, tmp_path, cube):
+    # Usage is folded into the index, not written to the log, and the usage stream keeps a day:
+    # a rebuild for a new layout must take the counts from the index it replaces.
+    settings = service_settings(nats.url, triton_addr, tmp_path)
+    vault_settings = settings["vault"]
+    nc = await nats_client.connect(nats.url)
+    js = nc.jetstream()
+    async with ServiceHost("vault", vault_settings, vault_setup) as vault:
+        async with ServiceHost(
+            "reader", settings["reader"](f"127.0.0.1:{vault.port}"), reader_setup
+        ) as reader:
+            endpoints = Endpoints(f"127.0.0.1:{reader.port}", f"127.0.0.1:{vault.port}", "unused:1", nats.url)
+            async with MemosClient(endpoints, token=mint_token(settings["keys"])) as client:
+                used, unused = (
+                    await client.add_messages(cube, _batch(0)[:2], wait_applied=True)
+                ).memory_names
+                record = commands_pb2.AccessRecord(cube_id=cube, names=[used, used], time=now_timestamp())
+                await publish(js, usage_subject(cube), record.SerializeToString(), msg_id=f"{cube}-uses")
+                await until(lambda: _used_twice(client, used), "the usage folded")
+    # The layout before, and the usage stream aged out.
+    (vault_settings.data_dir / INDEX_DIR).rename(vault_settings.data_dir / "index-v1")
+    await js.purge_stream(Stream.USAGE)
+    await nc.close()
+
+    async with ServiceHost("vault", vault_settings, vault_setup) as vault:
+        endpoints = Endpoints("unused:1", f"127.0.0.1:{vault.port}", "unused:1", nats.url)
+        async with MemosClient(endpoints, token=mint_token(settings["keys"])) as client:
+            await _wait_until_log_applied(nats.url, timeout_seconds=120)
+            rebuilt = await client.get(used)
+            assert rebuilt.usage.access_count == 2
+            assert rebuilt.usage.HasField("last_access_time")
+            assert (await client.get(unused)).usage.access_count == 0
+
+
+async def _used_twice(client: MemosClient, name: str) -> bool:
+    return (await client.get(name)).usage.access_count == 2
