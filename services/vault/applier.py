@@ -261,9 +261,7 @@ class Applier:
             vid = records.version_id(memory.cube_id, memory.memory_id, previous.version)
             batch.upserts[vid] = IndexPoint(vid, records.payload(previous, Role.VERSION, self._keys))
         elif (usage := self._usage_before.get(head_id)) is not None:
-            memory.usage.access_count = usage["access_count"]
-            if usage["last_access_ns"]:
-                memory.usage.last_access_time.FromNanoseconds(usage["last_access_ns"])
+            records.set_usage(memory, usage)
         fields = records.payload(memory, Role.HEAD, self._keys, usage_seq=records.usage_seq(usage))
         if not put.keep_vectors:
             return IndexPoint(

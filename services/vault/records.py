@@ -14,6 +14,7 @@ from __future__ import annotations
 import base64
 import binascii
 import uuid
+from collections.abc import Mapping
 from enum import StrEnum
 
 from google.protobuf.timestamp_pb2 import Timestamp
@@ -95,7 +96,7 @@ def usage_fields(access_count: int, last_access_ns: int, usage_seq: int) -> dict
     return {"access_count": access_count, "last_access_ns": last_access_ns, "usage_seq": usage_seq}
 
 
-def _int(fields: dict[str, object] | None, key: str) -> int:
+def _int(fields: Mapping[str, object] | None, key: str) -> int:
     return int(fields.get(key, 0)) if fields else 0  # type: ignore[call-overload]
 
 
@@ -129,10 +130,15 @@ def memory_of(fields: dict[str, object], keys: SubjectKeys) -> memory_pb2.Memory
             raise Erased(str(key_id))
         data = unseal(str(key_id), key, data)
     memory = memory_pb2.Memory.FromString(data)
+    set_usage(memory, fields)
+    return memory
+
+
+def set_usage(memory: memory_pb2.Memory, fields: Mapping[str, object]) -> None:
+    """``memory.usage`` from a point's usage fields (``USAGE_FIELDS``)."""
     memory.usage.access_count = _int(fields, "access_count")
     if last_access_ns := _int(fields, "last_access_ns"):
         memory.usage.last_access_time.FromNanoseconds(last_access_ns)
-    return memory
 
 
 def readable(payloads: list[dict[str, object]], keys: SubjectKeys) -> list[memory_pb2.Memory]:

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import shutil
 import signal
 import subprocess
 import sys
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import nats as nats_client
@@ -75,6 +77,27 @@ class VaultProcess:
             self.proc.wait(timeout=30)
 
 
+@contextlib.asynccontextmanager
+async def _writer(nats_url: str, settings: dict) -> AsyncIterator[MemosClient]:
+    """A client of an in-process vault and reader."""
+    async with ServiceHost("vault", settings["vault"], vault_setup) as vault:
+        async with ServiceHost(
+            "reader", settings["reader"](f"127.0.0.1:{vault.port}"), reader_setup
+        ) as reader:
+            endpoints = Endpoints(f"127.0.0.1:{reader.port}", f"127.0.0.1:{vault.port}", "unused:1", nats_url)
+            async with MemosClient(endpoints, token=mint_token(settings["keys"])) as client:
+                yield client
+
+
+@contextlib.asynccontextmanager
+async def _vault_only(nats_url: str, settings: dict) -> AsyncIterator[MemosClient]:
+    """A client of an in-process vault alone."""
+    async with ServiceHost("vault", settings["vault"], vault_setup) as vault:
+        endpoints = Endpoints("unused:1", f"127.0.0.1:{vault.port}", "unused:1", nats_url)
+        async with MemosClient(endpoints, token=mint_token(settings["keys"])) as client:
+            yield client
+
+
 async def _wait_until_log_applied(nats_url: str, *, timeout_seconds: float) -> None:
     """Until the vault has applied everything in the write log."""
     nc = await nats_client.connect(nats_url)
@@ -126,36 +149,29 @@ async def test_acknowledged_writes_survive_kill_9_of_the_vault(nats, triton_addr
 async def test_a_vault_with_an_empty_index_rebuilds_it_from_the_log(nats, triton_addr, tmp_path, cube):
     settings = service_settings(nats.url, triton_addr, tmp_path)
     vault_settings = settings["vault"]
-    async with ServiceHost("vault", vault_settings, vault_setup) as vault:
-        async with ServiceHost(
-            "reader", settings["reader"](f"127.0.0.1:{vault.port}"), reader_setup
-        ) as reader:
-            endpoints = Endpoints(f"127.0.0.1:{reader.port}", f"127.0.0.1:{vault.port}", "unused:1", nats.url)
-            async with MemosClient(endpoints, token=mint_token(settings["keys"])) as client:
-                added = []
-                for b in range(3):
-                    added += (await client.add_messages(cube, _batch(b), wait_applied=True)).memory_names
-                updated = await client.update(added[0], text="a corrected fact")
-                await client.delete(added[1])
+    async with _writer(nats.url, settings) as client:
+        added = []
+        for b in range(3):
+            added += (await client.add_messages(cube, _batch(b), wait_applied=True)).memory_names
+        updated = await client.update(added[0], text="a corrected fact")
+        await client.delete(added[1])
     shutil.rmtree(vault_settings.data_dir / INDEX_DIR)
 
     # A plain subscriber sees every publish, even one the stream drops as a duplicate.
     watcher = await nats_client.connect(nats.url)
     events = await watcher.subscribe(events_subject(cube))
-    async with ServiceHost("vault", vault_settings, vault_setup) as vault:
-        endpoints = Endpoints("unused:1", f"127.0.0.1:{vault.port}", "unused:1", nats.url)
-        async with MemosClient(endpoints, token=mint_token(settings["keys"])) as client:
-            await _wait_until_log_applied(nats.url, timeout_seconds=120)
-            await watcher.flush()
-            # The rebuild changed no memory, so it told no subscriber of any change.
-            assert events.pending_msgs == 0
-            await watcher.close()
-            count, names = await _count_all(client, cube)
-            assert count == len(added) - 1
-            assert names == set(added) - {added[1]}
-            rebuilt = await client.get(added[0])
-            assert (rebuilt.version, rebuilt.text) == (2, updated.text)
-            assert [v.version for v in await client.versions(added[0])] == [2, 1]
+    async with _vault_only(nats.url, settings) as client:
+        await _wait_until_log_applied(nats.url, timeout_seconds=120)
+        await watcher.flush()
+        # The rebuild changed no memory, so it told no subscriber of any change.
+        assert events.pending_msgs == 0
+        await watcher.close()
+        count, names = await _count_all(client, cube)
+        assert count == len(added) - 1
+        assert names == set(added) - {added[1]}
+        rebuilt = await client.get(added[0])
+        assert (rebuilt.version, rebuilt.text) == (2, updated.text)
+        assert [v.version for v in await client.versions(added[0])] == [2, 1]
 
 
 async def test_an_index_of_a_new_layout_keeps_the_usage_of_the_old_one(nats, triton_addr, tmp_path, cube):
@@ -165,31 +181,22 @@ async def test_an_index_of_a_new_layout_keeps_the_usage_of_the_old_one(nats, tri
     vault_settings = settings["vault"]
     nc = await nats_client.connect(nats.url)
     js = nc.jetstream()
-    async with ServiceHost("vault", vault_settings, vault_setup) as vault:
-        async with ServiceHost(
-            "reader", settings["reader"](f"127.0.0.1:{vault.port}"), reader_setup
-        ) as reader:
-            endpoints = Endpoints(f"127.0.0.1:{reader.port}", f"127.0.0.1:{vault.port}", "unused:1", nats.url)
-            async with MemosClient(endpoints, token=mint_token(settings["keys"])) as client:
-                used, unused = (
-                    await client.add_messages(cube, _batch(0)[:2], wait_applied=True)
-                ).memory_names
-                record = commands_pb2.AccessRecord(cube_id=cube, names=[used, used], time=now_timestamp())
-                await publish(js, usage_subject(cube), record.SerializeToString(), msg_id=f"{cube}-uses")
-                await until(lambda: _used_twice(client, used), "the usage folded")
+    async with _writer(nats.url, settings) as client:
+        used, unused = (await client.add_messages(cube, _batch(0)[:2], wait_applied=True)).memory_names
+        record = commands_pb2.AccessRecord(cube_id=cube, names=[used, used], time=now_timestamp())
+        await publish(js, usage_subject(cube), record.SerializeToString(), msg_id=f"{cube}-uses")
+        await until(lambda: _used_twice(client, used), "the usage folded")
     # The layout before, and the usage stream aged out.
     (vault_settings.data_dir / INDEX_DIR).rename(vault_settings.data_dir / "index-v1")
     await js.purge_stream(Stream.USAGE)
     await nc.close()
 
-    async with ServiceHost("vault", vault_settings, vault_setup) as vault:
-        endpoints = Endpoints("unused:1", f"127.0.0.1:{vault.port}", "unused:1", nats.url)
-        async with MemosClient(endpoints, token=mint_token(settings["keys"])) as client:
-            await _wait_until_log_applied(nats.url, timeout_seconds=120)
-            rebuilt = await client.get(used)
-            assert rebuilt.usage.access_count == 2
-            assert rebuilt.usage.HasField("last_access_time")
-            assert (await client.get(unused)).usage.access_count == 0
+    async with _vault_only(nats.url, settings) as client:
+        await _wait_until_log_applied(nats.url, timeout_seconds=120)
+        rebuilt = await client.get(used)
+        assert rebuilt.usage.access_count == 2
+        assert rebuilt.usage.HasField("last_access_time")
+        assert (await client.get(unused)).usage.access_count == 0
 
 
 async def _used_twice(client: MemosClient, name: str) -> bool:
