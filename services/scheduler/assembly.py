@@ -8,7 +8,7 @@ usually the answer; one span costs fewer tokens than its pieces as separate item
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from memos.type.v1 import memory_pb2
 from memos_sdk.tokens import count_tokens
@@ -55,6 +55,8 @@ def assemble(
     max_span: int = 4,
     reply_tokens: int = 60,
     replies: Sequence[memory_pb2.Memory] = (),
+    length_cost: float = 0.0,
+    free_tokens: int = 120,
 ) -> list[Assembled]:
     """Take candidates best first, each with the neighbours scoring at least ``join_ratio`` of it;
     a question in the span takes the reply after it too, however the reply scores, when the reply
@@ -62,8 +64,12 @@ def assemble(
     reply would cost more of the budget than the answer in it is worth. ``max_span`` memories at
     most. ``replies`` join spans only: they are not items of their own.
 
+    Items are then ranked by their score less ``length_cost`` for every 100 tokens beyond
+    ``free_tokens``: a long span fills the budget that several short items would share, so it has
+    to match better to come first. That rank score is the score an item reports.
+
     ``token_budget`` 0 means no limit. A span that does not fit is tried as its best memory
-    alone; an item that still does not fit is skipped, not truncated: the text a client receives
+    alone (its other members are not offered again); an item that still does not fit is skipped, not truncated: the text a client receives
     is always made of whole memories. Exact repeats are skipped.
 
     A statement (a fact the reader took from a long piece) stands for that piece: when the piece
@@ -72,7 +78,41 @@ def assemble(
     comes with the conversation around it, not with the rest of a long turn. A statement whose
     words an earlier item carries is skipped.
     """
-    ranked = list(candidates)
+    items = [
+        replace(item, score=item.score - length_cost * max(0, item.tokens - free_tokens) / 100)
+        for item in _spans(list(candidates), join_ratio, max_span, reply_tokens, replies)
+    ]
+    items.sort(key=lambda item: -item.score)  # stable: equal scores keep the candidates' order
+    texts = {_normal(item.text) for item in items}
+    chosen: list[Assembled] = []
+    used = 0
+    for item in items:
+        if len(chosen) >= top_k:
+            break
+        if token_budget and used + item.tokens > token_budget and len(item.span) > 1:
+            item = _item(item.memory, item.score, (item.memory,))  # its best memory alone
+            if _normal(item.text) in texts:
+                continue
+        if token_budget and used + item.tokens > token_budget:
+            continue
+        used += item.tokens
+        chosen.append(item)
+    return chosen
+
+
+def _item(memory: memory_pb2.Memory, score: float, span: tuple[memory_pb2.Memory, ...]) -> Assembled:
+    text = span_text(span)
+    return Assembled(memory, score, count_tokens(text), text, span)
+
+
+def _spans(
+    ranked: list[memory_pb2.ScoredMemory],
+    join_ratio: float,
+    max_span: int,
+    reply_tokens: int,
+    replies: Sequence[memory_pb2.Memory],
+) -> list[Assembled]:
+    """Every candidate's span, best first; a memory joins the first span that takes it."""
     anchors = len(ranked)  # the replies after them only join spans
     ranked += [memory_pb2.ScoredMemory(memory=m, score=0.0) for m in replies]
     places = [place(c.memory) for c in ranked]
@@ -86,8 +126,8 @@ def assemble(
             source = ranked[i].memory.provenance.sources[0]
             pieces_of.setdefault((source.session_id, source.turn_id), []).append(i)
     taken: set[int] = set()
-    chosen: list[Assembled] = []
-    texts: list[str] = []  # each chosen item's text, normalised
+    items: list[Assembled] = []
+    texts: list[str] = []  # each item's text, normalised
 
     def piece_saying(words: str, memory: memory_pb2.Memory) -> int | None:
         sources = memory.provenance.sources
@@ -98,10 +138,7 @@ def assemble(
                 return j
         return None
 
-    used = 0
     for i, candidate in enumerate(ranked[:anchors]):
-        if len(chosen) >= top_k:
-            break
         if i in taken:
             continue
         taken.add(i)
@@ -134,20 +171,15 @@ def assemble(
                     members.append(j)
                     position += step
         members.sort(key=lambda j: places[j][1] if places[j] else 0)
-        for attempt in (members, [i]) if len(members) > 1 else ([i],):
-            span = tuple(ranked[i if j == anchor else j].memory for j in attempt)
-            text = span_text(span)
-            normal = _normal(text)
-            if normal in texts:
-                break
-            tokens = count_tokens(text)
-            if token_budget and used + tokens > token_budget:
-                continue
-            used += tokens
-            chosen.append(Assembled(candidate.memory, candidate.score, tokens, text, span))
-            texts.append(normal)
-            taken.update(attempt)
-            if anchor is not None:
-                taken.add(anchor)  # a statement stands for its piece even when it is alone
-            break
-    return chosen
+        item = _item(
+            candidate.memory, candidate.score, tuple(ranked[i if j == anchor else j].memory for j in members)
+        )
+        normal = _normal(item.text)
+        if normal in texts:
+            continue
+        items.append(item)
+        texts.append(normal)
+        taken.update(members)
+        if anchor is not None:
+            taken.add(anchor)  # a statement stands for its piece even when it is alone
+    return items

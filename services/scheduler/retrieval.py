@@ -100,6 +100,8 @@ class Retriever:
             max_span=self._settings.max_span,
             reply_tokens=self._settings.reply_tokens,
             replies=found.replies,
+            length_cost=self._settings.length_cost,
+            free_tokens=self._settings.free_tokens,
         )
         if record_usage:
             self._usage.record(cube_id, (m.name for a in chosen for m in a.span))

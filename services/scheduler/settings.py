@@ -33,6 +33,14 @@ class SchedulerSettings(ServiceSettings, QueryEmbedderSettings, GeneratorSetting
         ge=0,
         description="a reply this short joins the question before it in a span whatever it scores (0: never)",
     )
+    length_cost: float = Field(
+        0.1,
+        ge=0,
+        le=1,
+        description="score an item loses for every 100 tokens beyond free_tokens, so that a long span "
+        "must match better than short items to come before them",
+    )
+    free_tokens: int = Field(120, ge=0, description="tokens an item has at no cost: one reader piece")
     vault_timeout_seconds: float = Field(10.0, gt=0)
     record_usage: bool = Field(True, description="count the memories searches and chats return (usage)")
     usage_linger_seconds: float = Field(

@@ -153,3 +153,27 @@ def test_a_statement_alone_under_a_budget_still_stands_for_its_piece():
     # the span with the reply does not fit: the statement alone; its piece would fit, but is not taken
     assert [[m.name for m in c.span] for c in chosen] == [["f"], ["o"]]
     assert [c.memory.name for c in assemble([fact, piece], top_k=10, token_budget=0)] == ["f"]
+
+
+def test_a_long_span_must_match_better_to_come_before_short_items():
+    long_answer = " ".join(["word"] * 300)
+    candidates = [
+        _turn("q", f"[8 May 2023] user: Which tent? assistant: {long_answer}", 1.0, 5),
+        _turn("short", "[9 May 2023] user: I bought the green tent.", 0.9, 1, session="S2"),
+    ]
+    # 300 tokens beyond the 120 free ones cost 0.3 at 0.1 per 100: the short item comes first
+    first, second = assemble(candidates, top_k=10, token_budget=0, length_cost=0.1, free_tokens=120)
+    assert [first.memory.name, second.memory.name] == ["short", "q"]
+    assert first.score == 0.9 and round(second.score, 4) == round(1.0 - 0.1 * (second.tokens - 120) / 100, 4)
+    # no cost, or a span that scores well enough: rank order
+    assert [c.memory.name for c in assemble(candidates, top_k=10, token_budget=0)] == ["q", "short"]
+    candidates[1].score = 0.5
+    assert [c.memory.name for c in assemble(candidates, top_k=10, token_budget=0, length_cost=0.1)] == [
+        "q",
+        "short",
+    ]
+    # top_k is cut after the ranking, so the short item is the one kept
+    candidates[1].score = 0.9
+    assert [c.memory.name for c in assemble(candidates, top_k=1, token_budget=0, length_cost=0.1)] == [
+        "short"
+    ]
