@@ -37,6 +37,7 @@ from qdrant_edge import (
     Filter,
     MatchAny,
     MatchValue,
+    Memory,
     Modifier,
     PayloadSchemaType,
     PayloadSelector,
@@ -65,7 +66,7 @@ CONTEXT_DENSE = "context_dense"
 DENSE_KEYS = (DENSE, CONTEXT_DENSE)
 # The shard's directory under the data dir; a new layout gets a new name, and the vault
 # rebuilds it by replaying the write log.
-INDEX_DIR = "index-v10"
+INDEX_DIR = "index-v11"
 _LAYOUT = re.compile(r"index-v(\d+)")
 KEYWORD_FIELDS = (
     "cube",
@@ -231,6 +232,10 @@ class EdgeIndex:
             vectors={key: EdgeVectorParams(size=self._dim, distance=Distance.Cosine) for key in DENSE_KEYS},
             # No engine IDF: the shard's would count every cube (see cube_idf).
             sparse_vectors={SPARSE: EdgeSparseVectorParams(modifier=getattr(Modifier, "None"))},
+            # Payloads are read into memory when the index opens. Mapped from disk, the pages of a
+            # cube nobody searched for a minute or two can be evicted, and its next search then
+            # reads its records from disk: 10-15 ms for 100 candidates instead of about 1.5 ms.
+            payload_memory=Memory.Cached,
         )
         segments = self._path / "segments"
         if segments.exists() and any(segments.iterdir()):
