@@ -19,7 +19,6 @@ from typing import Any
 
 from nats.aio.msg import Msg
 from nats.js import JetStreamContext
-from nats.js.errors import NotFoundError
 from opentelemetry import trace
 from qdrant_edge import FieldCondition, Filter, MatchAny, MatchValue
 
@@ -36,6 +35,7 @@ from services.common.telemetry import extract_context
 
 from . import records
 from .index import EdgeIndex, IndexPoint, memory_filter, not_from
+from .rebuild import Rebuild
 from .records import Role
 
 log = logging.getLogger(__name__)
@@ -71,34 +71,30 @@ class Applier:
         *,
         batch_size: int,
         ack_wait_seconds: float,
-        usage_before: dict[str, dict[str, int]] | None = None,
+        rebuild: Rebuild | None = None,
     ) -> None:
         self._js = js
         self._index = index
         self._keys = keys
         self._batch_size = batch_size
         self._ack_wait = ack_wait_seconds
-        self._published_until = 0  # log sequence up to which events went out before a rebuild
+        self._rebuild = rebuild
+        # Writes up to this log sequence were announced before the rebuild: none is announced again.
+        self._published_until = rebuild.published_until if rebuild else 0
         # A rebuild's heads start from the usage the index before it held (index.usage_in).
-        self._usage_before = usage_before or {}
+        self._usage_before = rebuild.usage if rebuild else {}
 
     async def worker(self) -> PullWorker:
-        """The worker on the write log's durable consumer, rewound when the index is new and empty
-        (to replay the whole log). Stopping it lets the batch in flight finish and be acked.
+        """The worker on the write log's durable consumer, rewound for a rebuild (to replay the
+        whole log; see ``rebuild``). Stopping it lets the batch in flight finish and be acked.
 
         A replay publishes no event for the commands applied before it (up to the consumer's ack
-        floor): rebuilding the index changes no memory, and subscribers and the lifecycle would
-        otherwise see every change again once the bus's duplicate window has passed."""
-        if self._index.created:
-            try:
-                info = await self._js.consumer_info(Stream.WRITES, VAULT_CONSUMER)
-                self._published_until = info.ack_floor.stream_seq
-            except NotFoundError:
-                pass  # a new log
-            if self._published_until:
-                log.info(
-                    "rebuilding the index: writes up to %d publish no events again", self._published_until
-                )
+        floor when it began): rebuilding the index changes no memory, and subscribers and the
+        lifecycle would otherwise see every change again once the bus's duplicate window has
+        passed."""
+        rewind = self._rebuild is not None
+        if self._rebuild and not self._published_until:
+            await self._rebuilt()  # nothing to replay
         return await durable_worker(
             self._js,
             Stream.WRITES,
@@ -110,10 +106,20 @@ class Applier:
             ack_wait_seconds=self._ack_wait,
             max_deliver=-1,
             max_ack_pending=self._batch_size * 8,
-            rewind=self._index.created,
+            rewind=rewind,
         )
 
     async def apply(self, msgs: list[Msg]) -> None:
+        await self._apply(msgs)
+        if self._rebuild and max(m.metadata.sequence.stream for m in msgs) >= self._published_until:
+            await self._rebuilt()
+
+    async def _rebuilt(self) -> None:
+        assert self._rebuild is not None
+        await self._rebuild.finish(self._index)
+        self._rebuild, self._usage_before = None, {}
+
+    async def _apply(self, msgs: list[Msg]) -> None:
         commands: list[tuple[Msg, commands_pb2.WriteCommand]] = []
         for msg in msgs:
             command = commands_pb2.WriteCommand()

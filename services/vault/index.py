@@ -167,15 +167,15 @@ def narrowed(flt: Filter, spec: vault_pb2.MemoryFilter) -> Filter | None:
     return also(flt, *extra) if extra else None
 
 
-def previous_layout(data_dir: Path) -> Path | None:
-    """The newest index directory under ``data_dir`` of a layout before ``INDEX_DIR``, if any."""
+def older_layouts(data_dir: Path) -> list[Path]:
+    """The index directories under ``data_dir`` of layouts before ``INDEX_DIR``, newest first."""
     current = int(_LAYOUT.fullmatch(INDEX_DIR).group(1))  # type: ignore[union-attr]
     older = [
         (int(m.group(1)), path)
         for path in (data_dir.iterdir() if data_dir.is_dir() else ())
         if (m := _LAYOUT.fullmatch(path.name)) and int(m.group(1)) < current and path.is_dir()
     ]
-    return max(older)[1] if older else None
+    return [path for _, path in sorted(older, reverse=True)]
 
 
 def usage_in(path: Path) -> dict[str, dict[str, int]]:
@@ -208,7 +208,7 @@ def usage_in(path: Path) -> dict[str, dict[str, int]]:
 
 
 class EdgeIndex:
-    """Qdrant Edge shard under ``path``. ``created`` tells whether it started empty (replay needed)."""
+    """Qdrant Edge shard under ``path``."""
 
     def __init__(self, path: Path, *, dim: int, bm25_avg_len: float) -> None:
         self._path = path
@@ -217,12 +217,20 @@ class EdgeIndex:
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="edge")
         self._shard: EdgeShard | None = None
         self._changed = False  # since the last flush
-        self.created = False
         # Held from reading heads to writing them back (write log and usage both change heads).
         self.writing = asyncio.Lock()
 
     async def _run(self, fn, *args):
         return await asyncio.get_running_loop().run_in_executor(self._executor, fn, *args)
+
+    @property
+    def path(self) -> Path:
+        return self._path
+
+    def built(self) -> bool:
+        """Whether the index has been created on disk (it may be empty)."""
+        segments = self._path / "segments"
+        return segments.is_dir() and any(segments.iterdir())
 
     async def open(self) -> None:
         await self._run(self._open)
@@ -237,8 +245,7 @@ class EdgeIndex:
             # reads its records from disk: 10-15 ms for 100 candidates instead of about 1.5 ms.
             payload_memory=Memory.Cached,
         )
-        segments = self._path / "segments"
-        if segments.exists() and any(segments.iterdir()):
+        if self.built():
             self._shard = EdgeShard.load(str(self._path), config)
             log.info("opened index at %s", self._path)
         else:
@@ -248,7 +255,6 @@ class EdgeIndex:
                 self._shard.update(UpdateOperation.create_field_index(field, PayloadSchemaType.Keyword))
             self._shard.update(UpdateOperation.create_field_index("event_time", PayloadSchemaType.Datetime))
             self._shard.update(UpdateOperation.create_field_index(TERMS, PayloadSchemaType.Integer))
-            self.created = True
             log.info("created empty index at %s", self._path)
 
     async def flush_every(self, seconds: float) -> None:
@@ -261,10 +267,13 @@ class EdgeIndex:
                 continue
             self._changed = False
             try:
-                await self._run(self.shard.flush)
+                await self.flush()
             except Exception as err:
                 self._changed = True
                 log.warning("index flush failed (retried in %.0fs): %s", seconds, err)
+
+    async def flush(self) -> None:
+        await self._run(self.shard.flush)
 
     async def close(self) -> None:
         def close() -> None:

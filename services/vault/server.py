@@ -38,9 +38,8 @@ from .index import (
     at_places,
     memory_filter,
     narrowed,
-    previous_layout,
-    usage_in,
 )
+from .rebuild import pending
 from .records import Role
 from .settings import VaultSettings
 from .usage import UsageFolder
@@ -302,21 +301,16 @@ async def setup(stack: AsyncExitStack, settings: VaultSettings) -> Component:
     index = EdgeIndex(
         settings.data_dir / INDEX_DIR, dim=settings.embed_dim, bm25_avg_len=settings.bm25_avg_len
     )
+    rebuild = await pending(index, js)  # decided before the index is opened, which creates it
     await index.open()
     stack.push_async_callback(index.close)
     run_until_closed(stack, lambda: index.flush_every(settings.index_flush_seconds), "index-flush")
     consumers = dict(batch_size=settings.apply_batch_size, ack_wait_seconds=settings.apply_ack_wait_seconds)
     keys = await SubjectKeys.start(stack, js)
-    usage_before = {}
-    if index.created and (previous := previous_layout(settings.data_dir)) is not None:
-        usage_before = await asyncio.to_thread(usage_in, previous)
-        log.info(
-            "rebuilding the index from the write log; usage of %d memories kept from %s",
-            len(usage_before),
-            previous,
-        )
-    writes = await Applier(js, index, keys, usage_before=usage_before, **consumers).worker()
-    usage = await UsageFolder(js, index, linger_seconds=settings.usage_fold_seconds, **consumers).worker()
+    writes = await Applier(js, index, keys, rebuild=rebuild, **consumers).worker()
+    usage = await UsageFolder(
+        js, index, linger_seconds=settings.usage_fold_seconds, rewind=rebuild is not None, **consumers
+    ).worker()
 
     async def stop() -> None:
         await asyncio.gather(writes.stop(), usage.stop())

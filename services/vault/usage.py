@@ -52,16 +52,18 @@ class UsageFolder:
         batch_size: int,
         ack_wait_seconds: float,
         linger_seconds: float = 0.0,
+        rewind: bool = False,
     ):
         self._linger = linger_seconds
+        self._rewind = rewind
         self._js = js
         self._index = index
         self._batch_size = batch_size
         self._ack_wait = ack_wait_seconds
 
     async def worker(self) -> PullWorker:
-        """The worker on the usage stream's durable consumer, rewound when the index is new and
-        empty (to fold usage again)."""
+        """The worker on the usage stream's durable consumer, rewound for an index rebuild (to
+        fold the usage it keeps again; a fold counts each record once, by its sequence)."""
         return await durable_worker(
             self._js,
             Stream.USAGE,
@@ -73,7 +75,7 @@ class UsageFolder:
             ack_wait_seconds=self._ack_wait,
             max_deliver=-1,
             max_ack_pending=self._batch_size * 8,
-            rewind=self._index.created,
+            rewind=self._rewind,
             linger_seconds=self._linger,  # a memory used by many searches is rewritten once
         )
 

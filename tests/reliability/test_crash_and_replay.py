@@ -1,4 +1,5 @@
-"""Acknowledged writes survive a kill -9 of the vault; a vault with an empty index rebuilds it from the log."""
+"""Acknowledged writes survive a kill -9 of the vault; a vault with an empty index rebuilds it
+from the log, and a rebuild cut short starts over."""
 
 from __future__ import annotations
 
@@ -23,7 +24,8 @@ from services.common.clock import now_timestamp
 from services.common.grpc_host import ServiceHost
 from services.launcher.mesh import health_status
 from services.reader.server import setup as reader_setup
-from services.vault.index import INDEX_DIR
+from services.vault.index import INDEX_DIR, EdgeIndex
+from services.vault.rebuild import pending
 from services.vault.server import setup as vault_setup
 from tests.conftest import ROOT, free_port, mesh_keys, mint_token, service_settings, until, wait_for
 
@@ -172,31 +174,76 @@ async def test_a_vault_with_an_empty_index_rebuilds_it_from_the_log(nats, triton
         rebuilt = await client.get(added[0])
         assert (rebuilt.version, rebuilt.text) == (2, updated.text)
         assert [v.version for v in await client.versions(added[0])] == [2, 1]
+        await until(_done(vault_settings.data_dir), "the rebuild marked done")
 
 
-async def test_an_index_of_a_new_layout_keeps_the_usage_of_the_old_one(nats, triton_addr, tmp_path, cube):
-    # Usage is folded into the index, not written to the log, and the usage stream keeps a day:
-    # a rebuild for a new layout must take the counts from the index it replaces.
-    settings = service_settings(nats.url, triton_addr, tmp_path)
+async def _index_of_an_old_layout_with_usage(nats_url: str, settings: dict, cube: str) -> tuple[str, str]:
+    """Two memories, the first used twice, in an index of an older layout; the usage stream
+    aged out (usage is folded into the index, not written to the log, and the stream keeps a
+    day): a rebuild for the new layout must take the counts from the index it replaces."""
     vault_settings = settings["vault"]
-    nc = await nats_client.connect(nats.url)
+    nc = await nats_client.connect(nats_url)
     js = nc.jetstream()
-    async with _writer(nats.url, settings) as client:
+    async with _writer(nats_url, settings) as client:
         used, unused = (await client.add_messages(cube, _batch(0)[:2], wait_applied=True)).memory_names
         record = commands_pb2.AccessRecord(cube_id=cube, names=[used, used], time=now_timestamp())
         await publish(js, usage_subject(cube), record.SerializeToString(), msg_id=f"{cube}-uses")
         await until(lambda: _used_twice(client, used), "the usage folded")
-    # The layout before, and the usage stream aged out.
     (vault_settings.data_dir / INDEX_DIR).rename(vault_settings.data_dir / "index-v1")
     await js.purge_stream(Stream.USAGE)
     await nc.close()
+    return used, unused
 
-    async with _vault_only(nats.url, settings) as client:
-        await _wait_until_log_applied(nats.url, timeout_seconds=120)
+
+async def _rebuilt_with_usage(nats_url: str, settings: dict, used: str, unused: str) -> None:
+    data_dir = settings["vault"].data_dir
+    async with _vault_only(nats_url, settings) as client:
+        await _wait_until_log_applied(nats_url, timeout_seconds=120)
         rebuilt = await client.get(used)
         assert rebuilt.usage.access_count == 2
         assert rebuilt.usage.HasField("last_access_time")
         assert (await client.get(unused)).usage.access_count == 0
+        # Done, the rebuild leaves no index of an older layout for a downgraded vault to take
+        # for current.
+        await until(_done(data_dir), "the rebuild marked done")
+        assert not (data_dir / "index-v1").exists()
+        assert (await client.get(used)).usage.access_count == 2
+
+
+async def test_an_index_of_a_new_layout_keeps_the_usage_of_the_old_one(nats, triton_addr, tmp_path, cube):
+    settings = service_settings(nats.url, triton_addr, tmp_path)
+    used, unused = await _index_of_an_old_layout_with_usage(nats.url, settings, cube)
+    await _rebuilt_with_usage(nats.url, settings, used, unused)
+
+
+async def test_a_rebuild_cut_short_starts_over(nats, triton_addr, tmp_path, cube):
+    settings = service_settings(nats.url, triton_addr, tmp_path)
+    used, unused = await _index_of_an_old_layout_with_usage(nats.url, settings, cube)
+    # A vault that died right after creating the new index, before replaying the log into it
+    # (the state a crash at any point of a rebuild leaves is this one, or part of the log in).
+    index = EdgeIndex(settings["vault"].data_dir / INDEX_DIR, dim=384, bm25_avg_len=32.0)
+    nc = await nats_client.connect(nats.url)
+    assert await pending(index, nc.jetstream()) is not None
+    await nc.close()
+    await index.open()
+    await index.close()
+
+    watcher = await nats_client.connect(nats.url)
+    events = await watcher.subscribe(events_subject(cube))
+    await _rebuilt_with_usage(nats.url, settings, used, unused)
+    await watcher.flush()
+    assert events.pending_msgs == 0
+    await watcher.close()
+
+
+def _done(data_dir: Path):
+    def marked() -> bool:
+        return any(p.name.endswith(".rebuild") for p in data_dir.iterdir())
+
+    async def probe() -> bool:
+        return not await asyncio.to_thread(marked)
+
+    return probe
 
 
 async def _used_twice(client: MemosClient, name: str) -> bool:
