@@ -13,15 +13,14 @@ The interface is synchronous: it runs in model threads (Triton) or behind ``asyn
 from __future__ import annotations
 
 import io
-import os
 import re
-import tempfile
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
 from urllib.parse import urlparse
 
+from .durable import write_durably
 from .errors import InvalidArgument, NotFound, Unavailable
 from .settings import BlobStoreSettings
 
@@ -66,23 +65,7 @@ class DirectoryBlobStore:
         return self.root / check_key(key)
 
     def put(self, key: str, data: bytes) -> None:
-        path = self._path(key)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-")
-        try:
-            with os.fdopen(fd, "wb") as f:
-                f.write(data)
-                f.flush()
-                os.fsync(f.fileno())
-            os.replace(tmp, path)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
-        dir_fd = os.open(path.parent, os.O_RDONLY)
-        try:
-            os.fsync(dir_fd)
-        finally:
-            os.close(dir_fd)
+        write_durably(self._path(key), data)
 
     def get(self, key: str) -> bytes:
         try:

@@ -69,8 +69,9 @@ def assemble(
     to match better to come first. That rank score is the score an item reports.
 
     ``token_budget`` 0 means no limit. A span that does not fit is tried as its best memory
-    alone (its other members are not offered again); an item that still does not fit is skipped, not truncated: the text a client receives
-    is always made of whole memories. Exact repeats are skipped.
+    alone (its other members are not offered again); an item that still does not fit is skipped,
+    not truncated: the text a client receives is always made of whole memories. Exact repeats are
+    skipped.
 
     A statement (a fact the reader took from a long piece) stands for that piece: when the piece
     is among the candidates, the statement takes its place in the session, with the piece's
@@ -86,17 +87,20 @@ def assemble(
     texts = {_normal(item.text) for item in items}
     chosen: list[Assembled] = []
     used = 0
+
+    def fits(item: Assembled) -> bool:
+        return not token_budget or used + item.tokens <= token_budget
+
     for item in items:
         if len(chosen) >= top_k:
             break
-        if token_budget and used + item.tokens > token_budget and len(item.span) > 1:
+        if not fits(item) and len(item.span) > 1:
             item = _item(item.memory, item.score, (item.memory,))  # its best memory alone
             if _normal(item.text) in texts:
                 continue
-        if token_budget and used + item.tokens > token_budget:
-            continue
-        used += item.tokens
-        chosen.append(item)
+        if fits(item):
+            used += item.tokens
+            chosen.append(item)
     return chosen
 
 

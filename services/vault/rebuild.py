@@ -16,15 +16,15 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-import os
 import shutil
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 from nats.js import JetStreamContext
 from nats.js.errors import NotFoundError
 
 from services.common.bus import VAULT_CONSUMER, Stream
+from services.common.durable import write_durably
 
 from .index import EdgeIndex, older_layouts, usage_in
 
@@ -37,7 +37,7 @@ class Rebuild:
     # Writes up to this log sequence were applied, and announced, before the rebuild.
     published_until: int
     # Each head's usage fields in the index of the layout before, by point id.
-    usage: dict[str, dict[str, int]] = field(default_factory=dict)
+    usage: dict[str, dict[str, int]]
 
     async def finish(self, index: EdgeIndex) -> None:
         """The replay has passed ``published_until``: the index stands on its own."""
@@ -53,6 +53,7 @@ async def pending(index: EdgeIndex, js: JetStreamContext) -> Rebuild | None:
     """The rebuild ``index`` needs, started now when it has never been built; None when it is
     whole."""
     marker = index.path.with_name(index.path.name + ".rebuild")
+    older = older_layouts(marker.parent)
     if not marker.exists():
         if index.built():
             return None
@@ -60,13 +61,11 @@ async def pending(index: EdgeIndex, js: JetStreamContext) -> Rebuild | None:
             published_until = (await js.consumer_info(Stream.WRITES, VAULT_CONSUMER)).ack_floor.stream_seq
         except NotFoundError:
             published_until = 0  # a new log
-        if not published_until and not older_layouts(marker.parent):
+        if not published_until and not older:
             return None  # a new vault: nothing was applied before
-        _write_atomically(marker, json.dumps({"published_until": published_until}))
+        write_durably(marker, json.dumps({"published_until": published_until}).encode())
     published_until = int(json.loads(marker.read_text())["published_until"])
-    usage: dict[str, dict[str, int]] = {}
-    if previous := older_layouts(marker.parent):
-        usage = await asyncio.to_thread(usage_in, previous[0])
+    usage = await asyncio.to_thread(usage_in, older[0]) if older else {}
     log.info(
         "rebuilding the index from the write log: writes up to %d publish no events again; "
         "usage of %d memories kept from the layout before",
@@ -74,18 +73,3 @@ async def pending(index: EdgeIndex, js: JetStreamContext) -> Rebuild | None:
         len(usage),
     )
     return Rebuild(marker, published_until, usage)
-
-
-def _write_atomically(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "w") as f:
-        f.write(text)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-    directory = os.open(path.parent, os.O_RDONLY)
-    try:
-        os.fsync(directory)
-    finally:
-        os.close(directory)
