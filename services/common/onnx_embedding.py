@@ -1,4 +1,5 @@
-"""The sentence-embedding model on ONNX Runtime: one implementation for Triton and the scheduler.
+"""The sentence-embedding model on ONNX Runtime: one implementation for Triton's ``embed`` and the
+scheduler's query embeddings.
 
 ``export`` turns a sentence-transformers model directory (BERT-style encoder, mean pooling,
 L2 normalisation, as all-MiniLM-L6-v2) into an ONNX graph once, cached by the weights' content.
@@ -76,7 +77,12 @@ def export(model_path: Path, cache_dir: Path) -> Path:
         for name in _COPIED:
             if (model_path / name).exists():
                 shutil.copy2(model_path / name, tmp / name)
-        os.replace(tmp, target)
+        try:
+            os.replace(tmp, target)
+        except OSError:
+            if not (target / GRAPH).exists():
+                raise
+            shutil.rmtree(tmp)  # another process (inference, scheduler) made it meanwhile
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
@@ -122,7 +128,7 @@ class OnnxEncoder:
         )
         self._tokenizer = Tokenizer.from_file(str(export_dir / "tokenizer.json"))
         self._tokenizer.enable_truncation(max_length)
-        self._tokenizer.enable_padding()
+        self._tokenizer.no_padding()
         options = ort.SessionOptions()
         options.intra_op_num_threads = threads
         options.inter_op_num_threads = 1
@@ -132,15 +138,31 @@ class OnnxEncoder:
             str(export_dir / graph), options, providers=["CPUExecutionProvider"]
         )
 
-    def encode(self, texts: Sequence[str]) -> np.ndarray:
+    @property
+    def dim(self) -> int:
+        return int(self._session.get_outputs()[0].shape[-1])
+
+    def encode(self, texts: Sequence[str], *, batch_size: int = 64) -> np.ndarray:
+        """Texts of like length are encoded together, ``batch_size`` at a time, so that a batch
+        is padded to its own longest text, not to the longest of all."""
         encodings = self._tokenizer.encode_batch(list(texts))
-        ids = np.array([e.ids for e in encodings], dtype=np.int64)
-        mask = np.array([e.attention_mask for e in encodings], dtype=np.int64)
-        (hidden,) = self._session.run(None, {"input_ids": ids, "attention_mask": mask})
-        weights = mask[:, :, None].astype(np.float32)
-        pooled = (hidden * weights).sum(axis=1) / np.maximum(weights.sum(axis=1), 1e-9)
-        norms = np.linalg.norm(pooled, axis=1, keepdims=True)
-        return (pooled / np.maximum(norms, 1e-12)).astype(np.float32)
+        order = sorted(range(len(encodings)), key=lambda i: len(encodings[i].ids))
+        vectors = np.empty((len(encodings), self.dim), dtype=np.float32)
+        for start in range(0, len(order), batch_size):
+            chosen = order[start : start + batch_size]
+            width = len(encodings[chosen[-1]].ids)
+            ids = np.zeros((len(chosen), width), dtype=np.int64)
+            mask = np.zeros((len(chosen), width), dtype=np.int64)
+            for row, i in enumerate(chosen):
+                n = len(encodings[i].ids)
+                ids[row, :n] = encodings[i].ids
+                mask[row, :n] = 1
+            (hidden,) = self._session.run(None, {"input_ids": ids, "attention_mask": mask})
+            weights = mask[:, :, None].astype(np.float32)
+            pooled = (hidden * weights).sum(axis=1) / np.maximum(weights.sum(axis=1), 1e-9)
+            norms = np.linalg.norm(pooled, axis=1, keepdims=True)
+            vectors[chosen] = pooled / np.maximum(norms, 1e-12)
+        return vectors
 
 
 class LocalEmbedder:

@@ -1,5 +1,6 @@
 """Convert the models once into the model cache (`make setup` runs it): the language model from GGUF to
-safetensors for the inference service, the embedding model to ONNX (and its int8 form) for the scheduler's query embeddings."""
+safetensors for the inference service, the embedding model to ONNX for Triton's embed model (and its int8
+form for the scheduler's query embeddings)."""
 
 from __future__ import annotations
 
@@ -19,7 +20,7 @@ def main() -> int:
     target = materialize(source, settings.model_cache_dir)
     print(f"language model ready: {target}")
     exported = onnx_embedding.export(settings.embedding_model_dir(), settings.model_cache_dir)
-    print(f"query embedding model ready: {exported} ({onnx_embedding.int8_graph(exported)} beside it)")
+    print(f"embedding model ready: {exported} ({onnx_embedding.int8_graph(exported)} beside it)")
     return 0
 
 

@@ -16,6 +16,7 @@ from pytriton.triton import Triton, TritonConfig
 
 from services.common.blobs import open_blob_store
 from services.common.grpc_host import Component
+from services.common.onnx_embedding import export
 
 from .kvcache import KV_DTYPES, ActivationStore, HotCaches
 from .llm import load_language_model
@@ -65,7 +66,8 @@ def _load_models(settings: InferenceSettings) -> Callable[[Triton], None]:
 def _bind_embedder(triton: Triton, settings: InferenceSettings) -> None:
     bind_embedder(
         triton,
-        settings.embedding_model_dir(),
+        export(settings.embedding_model_dir(), settings.model_cache_dir),
+        threads=settings.embed_threads,
         max_batch_size=settings.embed_max_batch_size,
         queue_delay_us=settings.embed_queue_delay_microseconds,
     )

@@ -1,4 +1,5 @@
-"""The scheduler's in-process query embeddings are the inference service's embeddings."""
+"""The embedding model on ONNX Runtime gives the reference model's vectors, and the scheduler's
+in-process query embeddings are the inference service's embeddings."""
 
 from __future__ import annotations
 
@@ -7,8 +8,8 @@ from contextlib import AsyncExitStack
 import numpy as np
 
 from services.common.embedder import Embedder, open_query_embedder
-from services.common.onnx_embedding import LocalEmbedder
-from services.common.settings import EmbedderSettings, QueryEmbedderSettings
+from services.common.onnx_embedding import LocalEmbedder, OnnxEncoder, export
+from services.common.settings import EmbedderSettings, ModelFilesSettings, QueryEmbedderSettings
 
 TEXTS = [
     "When did Caroline go to the LGBTQ support group?",
@@ -38,6 +39,25 @@ QUESTIONS = [
     "What did Audrey buy for the race?",
     "What does Nate's pet eat?",
 ]
+
+
+def test_onnx_vectors_are_the_reference_models_in_any_batching():
+    """Texts are encoded in batches of like length; each keeps its place and its vector."""
+    from sentence_transformers import SentenceTransformer
+
+    files = ModelFilesSettings()
+    model_dir = files.embedding_model_dir()
+    encoder = OnnxEncoder(export(model_dir, files.model_cache_dir))
+    texts = TEXTS + FACTS + QUESTIONS
+    reference = SentenceTransformer(str(model_dir), device="cpu").encode(texts, normalize_embeddings=True)
+    together = encoder.encode(texts)
+    in_pairs = encoder.encode(texts, batch_size=2)
+    alone = np.concatenate([encoder.encode([t]) for t in texts])
+    assert together.shape == (len(texts), 384) and together.dtype == np.float32
+    for ours in (together, in_pairs, alone):
+        assert (ours * reference).sum(axis=1).min() > 0.9999
+    assert np.abs(together - alone).max() < 1e-4
+    assert encoder.encode([]).shape == (0, 384)
 
 
 async def test_local_and_triton_embeddings_agree(triton_addr):
