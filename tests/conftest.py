@@ -269,6 +269,7 @@ async def in_process_mesh(
     trainer: dict[str, object] | None = None,
     blobs: Path | None = None,
     reader_settings: dict[str, object] | None = None,
+    vault_settings: dict[str, object] | None = None,
     **scheduler: object,
 ) -> AsyncIterator[InProcessMesh]:
     """Vault, reader, scheduler and governance in this process; the lifecycle too when given its
@@ -279,7 +280,8 @@ async def in_process_mesh(
     governance_addr = f"127.0.0.1:{free_port()}"
     async with contextlib.AsyncExitStack() as stack:
         settings = service_settings(nats.url, triton_addr, data_dir, governance_addr)
-        vault = await stack.enter_async_context(ServiceHost("vault", settings["vault"], vault_setup))
+        vault_config = settings["vault"].model_copy(update=vault_settings or {})
+        vault = await stack.enter_async_context(ServiceHost("vault", vault_config, vault_setup))
         vault_addr = f"127.0.0.1:{vault.port}"
         reader = await stack.enter_async_context(
             ServiceHost("reader", settings["reader"](vault_addr, **(reader_settings or {})), reader_setup)

@@ -6,7 +6,7 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from contextlib import AsyncExitStack
 
 import nats
@@ -235,7 +235,7 @@ async def durable_worker(
     stream: Stream,
     *,
     durable: str,
-    filter_subject: str,
+    filter_subject: str | Sequence[str],
     handle,
     batch_size: int,
     name: str,
@@ -248,6 +248,7 @@ async def durable_worker(
 ) -> PullWorker:
     """A worker on a durable pull consumer with explicit acks (created, or updated to ``config``).
 
+    ``filter_subject``: one subject or several (a message on any of them is delivered).
     ``rewind`` deletes the consumer first, so it delivers the stream from the start again.
     ``linger_seconds``: after a batch that was not full, wait this long before fetching again.
     """
@@ -255,7 +256,11 @@ async def durable_worker(
         durable_name=durable,
         ack_policy=AckPolicy.EXPLICIT,
         deliver_policy=deliver_policy,
-        filter_subject=filter_subject,
+        **(
+            {"filter_subject": filter_subject}
+            if isinstance(filter_subject, str)
+            else {"filter_subjects": list(filter_subject)}
+        ),
         ack_wait=ack_wait_seconds,
         max_deliver=max_deliver,
         max_ack_pending=max_ack_pending,

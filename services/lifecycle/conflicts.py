@@ -1,7 +1,8 @@
 """Duplicates and contradictions among a cube's memories, resolved as each new memory arrives.
 
-For a new memory the lifecycle asks the vault for the nearest live memories of the same speaker
-(cosine of their text embeddings) and judges the best one:
+For a new memory the lifecycle reads the nearest live memories of the same speaker (cosine of
+their text embeddings), which the vault names in the memory's created event, and judges them in
+turn:
 
 - *contradiction*: the two talk about one thing (cosine >= conflict_similarity and shared topic
   words) and the later one says that something changed ("no longer", "moved to", "I'm vegan
@@ -19,6 +20,7 @@ Nothing is deleted, and every decision records its rule and score in the state c
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import re
 from dataclasses import dataclass
@@ -44,6 +46,7 @@ from .settings import LifecycleSettings
 log = logging.getLogger(__name__)
 
 CONSUMER = "lifecycle-conflicts"
+MAX_READ = 1000  # names in one BatchGetMemories
 S = memory_pb2.MemoryState
 
 _WORD = re.compile(r"[a-z0-9']+")
@@ -156,6 +159,7 @@ class ConflictResolver:
         self._policies = policies
         self._vault = vault
         self._mover = mover
+        self._floor = similarity_floor(settings.duplicate_similarity, settings.conflict_similarity)
 
     async def worker(self) -> PullWorker:
         return await durable_worker(
@@ -172,11 +176,24 @@ class ConflictResolver:
         )
 
     async def _handle(self, msgs: list[Msg]) -> None:
+        batch: list[tuple[Msg, events_pb2.MemoryCreated]] = []
         for msg in msgs:
             try:
-                created = events_pb2.MemoryCreated.FromString(msg.data)
-                nearest = created.nearest_similarity if created.HasField("nearest_similarity") else None
-                await self.resolve(created.memory, nearest=nearest)
+                batch.append((msg, events_pb2.MemoryCreated.FromString(msg.data)))
+            except Exception:
+                log.exception("dropping malformed created event seq=%s", msg.metadata.sequence.stream)
+                await msg.term()
+        read = _Reads(self._read)
+        try:
+            # The memories the batch's checks judge, read in one call per cube.
+            await read.ahead([(c.memory.cube_id, await self._to_judge(c)) for _, c in batch])
+        except MemosError as err:
+            log.warning("conflict checks of %d events failed, retrying later: %s", len(batch), err)
+            await asyncio.gather(*(msg.nak(delay=5) for msg, _ in batch))
+            return
+        for msg, created in batch:
+            try:
+                await self.resolve(created, read)
             except NotFound:
                 pass  # deleted since
             except MemosError as err:
@@ -189,18 +206,68 @@ class ConflictResolver:
                 continue
             await msg.ack()
 
-    async def resolve(self, created: memory_pb2.Memory, *, nearest: float | None = None) -> Verdict | None:
-        """Judge a new memory (``created``: its header, as events carry it) against its nearest
-        live neighbours and apply the verdict. ``nearest``, the cosine of its closest neighbour
-        when the vault applied it, spares the vault query when no neighbour is close enough."""
-        if created.kind != memory_pb2.MEMORY_KIND_PLAINTEXT:
+    async def _worth_checking(self, created: events_pb2.MemoryCreated) -> bool:
+        """False when the judge would turn every pair down before reading them (most new
+        memories: far from all others)."""
+        memory = created.memory
+        if memory.kind != memory_pb2.MEMORY_KIND_PLAINTEXT:
+            return False
+        if not (await self._policies.get(memory.cube_id)).resolve_conflicts:
+            return False
+        return not created.HasField("nearest_similarity") or created.nearest_similarity >= self._floor - 1e-6
+
+    async def _to_judge(self, created: events_pb2.MemoryCreated) -> list[str]:
+        """The names a check of ``created`` reads, when its event names its neighbours: the
+        memory and its close neighbours, or none."""
+        if not created.neighbours or not await self._worth_checking(created):
+            return []
+        close = [n.name for n in created.neighbours if n.similarity >= self._floor - 1e-6]
+        return [created.memory.name, *close[: self._settings.conflict_candidates]] if close else []
+
+    async def resolve(self, created: events_pb2.MemoryCreated, read: _Reads | None = None) -> Verdict | None:
+        """Judge a new memory (``created``: the event of its creation, whose memory is a header)
+        against its nearest live neighbours of the same speaker and apply the verdict.
+
+        The event names those neighbours (the vault measured them when it applied the memory);
+        for an event that does not (a redelivered write), the vault is asked for them."""
+        read = read or _Reads(self._read)
+        if created.neighbours:
+            names = await self._to_judge(created)
+            found = await read.get(created.memory.cube_id, names) if names else {}
+            memory = found.get(created.memory.name)
+            scores = {n.name: n.similarity for n in created.neighbours}
+            close = [(found[name], scores[name]) for name in names[1:] if name in found]
+        elif await self._worth_checking(created):
+            memory, close = await self._query(created.memory)
+        else:
             return None
-        if not (await self._policies.get(created.cube_id)).resolve_conflicts:
+        if memory is None or memory.state not in states.LIVE:
             return None
-        # Pairs the judge would turn down are skipped before the new memory's text is read.
-        floor = similarity_floor(self._settings.duplicate_similarity, self._settings.conflict_similarity)
-        if nearest is not None and nearest < floor - 1e-6:
-            return None  # most new memories: no query, no read
+        for other, similarity in close:
+            # Another piece or statement of the same turn is no conflict.
+            if other.state not in states.LIVE or _sources(other) & _sources(memory):
+                continue
+            verdict = judge(
+                *_in_time_order(other, memory),
+                similarity,
+                duplicate_similarity=self._settings.duplicate_similarity,
+                conflict_similarity=self._settings.conflict_similarity,
+            )
+            if verdict is None:
+                continue
+            read.forget(memory.name, other.name)  # versions follow
+            earlier, later = _in_time_order(other, memory)
+            if verdict.rule == "contradiction":
+                await self.supersede(earlier, later, verdict)
+            else:
+                await self.merge(memory, other, verdict)
+            return verdict
+        return None
+
+    async def _query(
+        self, created: memory_pb2.Memory
+    ) -> tuple[memory_pb2.Memory | None, list[tuple[memory_pb2.Memory, float]]]:
+        """The memory and its close live neighbours, asked of the vault."""
         async with forward_errors("vault"):
             found = await self._vault.Query(
                 vault_pb2.QueryRequest(
@@ -212,36 +279,24 @@ class ConflictResolver:
                 timeout=self._settings.vault_timeout_seconds,
             )
         close = [
-            hit
-            for hit in found.results
-            # another speaker, or a piece of the same turn, is no conflict
-            if hit.score >= floor
-            and hit.memory.speaker == created.speaker
-            and not _sources(hit.memory) & _sources(created)
+            hit for hit in found.results if hit.score >= self._floor and hit.memory.speaker == created.speaker
         ]
         if not close:
-            return None
-        memory = await self._mover.get(created.name)
-        if memory.state not in states.LIVE:
-            return None
-        for hit in close:
-            verdict = judge(
-                *_in_time_order(hit.memory, memory),
-                hit.score,
-                duplicate_similarity=self._settings.duplicate_similarity,
-                conflict_similarity=self._settings.conflict_similarity,
+            return None, []
+        # A query's hit lacks its index key (index_context), which the next version must keep.
+        read = await self._read(created.cube_id, [created.name, *(hit.memory.name for hit in close)])
+        return read.get(created.name), [
+            (read[h.memory.name], h.score) for h in close if h.memory.name in read
+        ]
+
+    async def _read(self, cube_id: str, names: list[str]) -> dict[str, memory_pb2.Memory]:
+        """The memories of ``names`` that exist, by name (whole: with their index keys)."""
+        async with forward_errors("vault"):
+            found = await self._vault.BatchGetMemories(
+                vault_pb2.BatchGetMemoriesRequest(cube_id=cube_id, names=names, allow_missing=True),
+                timeout=self._settings.vault_timeout_seconds,
             )
-            if verdict is None:
-                continue
-            # A query's hit lacks its index key (index_context), which the next version must keep.
-            other = await self._mover.get(hit.memory.name)
-            earlier, later = _in_time_order(other, memory)
-            if verdict.rule == "contradiction":
-                await self.supersede(earlier, later, verdict)
-            else:
-                await self.merge(memory, other, verdict)
-            return verdict
-        return None
+        return {m.name: m for m in found.memories}
 
     async def supersede(self, earlier: memory_pb2.Memory, later: memory_pb2.Memory, verdict: Verdict) -> None:
         if later.lineage.supersedes != earlier.name:
@@ -280,6 +335,37 @@ class ConflictResolver:
 
         await self._mover.move(duplicate, _change(S.MEMORY_STATE_MERGED, verdict, survivor.name), edit=point)
         log.info("%s merged into %s (%.3f)", duplicate.name, survivor.name, verdict.score)
+
+
+class _Reads:
+    """Memories read for the conflict checks of one batch of events, by name: read ahead in one
+    call per cube, and again after a verdict wrote new versions of them."""
+
+    def __init__(self, read) -> None:
+        self._read = read
+        self._known: dict[str, memory_pb2.Memory] = {}
+        self._missing: set[str] = set()
+
+    async def ahead(self, wanted: list[tuple[str, list[str]]]) -> None:
+        by_cube: dict[str, set[str]] = {}
+        for cube_id, names in wanted:
+            by_cube.setdefault(cube_id, set()).update(names)
+        for cube_id, names in by_cube.items():
+            await self.get(cube_id, sorted(names))
+
+    async def get(self, cube_id: str, names: list[str]) -> dict[str, memory_pb2.Memory]:
+        unknown = [n for n in names if n not in self._known and n not in self._missing]
+        for start in range(0, len(unknown), MAX_READ):
+            part = unknown[start : start + MAX_READ]
+            found = await self._read(cube_id, part)
+            self._known.update(found)
+            self._missing.update(n for n in part if n not in found)
+        return {n: self._known[n] for n in names if n in self._known}
+
+    def forget(self, *names: str) -> None:
+        for name in names:
+            self._known.pop(name, None)
+            self._missing.discard(name)
 
 
 def _in_time_order(a: memory_pb2.Memory, b: memory_pb2.Memory) -> list[memory_pb2.Memory]:

@@ -33,12 +33,13 @@ log = logging.getLogger(__name__)
 CONSUMER = "lifecycle-stale-adapters"
 MAX_NAMES = 500
 # Events after which an adapter holds something it should no longer say.
-WITHDRAWING = {
-    EventKind.MEMORY_DELETED.ce_type,
-    EventKind.MEMORY_SUPERSEDED.ce_type,
-    EventKind.MEMORY_MERGED.ce_type,
-    EventKind.MEMORY_EXPIRED.ce_type,
-}
+WITHDRAWING = (
+    EventKind.MEMORY_DELETED,
+    EventKind.MEMORY_SUPERSEDED,
+    EventKind.MEMORY_MERGED,
+    EventKind.MEMORY_EXPIRED,
+)
+_WITHDRAWING_TYPES = frozenset(kind.ce_type for kind in WITHDRAWING)
 
 
 class Distiller:
@@ -144,7 +145,7 @@ class StaleAdapters:
             self._js,
             Stream.EVENTS,
             durable=CONSUMER,
-            filter_subject=events_subject("*", "memory.>"),
+            filter_subject=[events_subject("*", kind) for kind in WITHDRAWING],
             handle=self._handle,
             batch_size=32,
             name="stale-adapters",
@@ -157,7 +158,7 @@ class StaleAdapters:
         for msg in msgs:
             kind = (msg.headers or {}).get("ce-type", "")
             try:
-                if kind in WITHDRAWING:
+                if kind in _WITHDRAWING_TYPES:
                     await self.withdraw_learners(msg.headers.get("ce-subject", ""), kind.rsplit(".", 1)[-1])
             except MemosError as err:
                 log.warning("stale-adapter check failed, retrying later: %s", err)

@@ -25,7 +25,7 @@ from qdrant_edge import FieldCondition, Filter, MatchAny, MatchValue
 from memos.events.v1 import events_pb2
 from memos.type.v1 import memory_pb2
 from memos.vault.v1 import commands_pb2, vault_pb2
-from memos_sdk.wire import SUBJECT_PREFIX, EventKind, Header, Stream
+from memos_sdk.wire import SUBJECT_PREFIX, EventKind, Header, Stream, memory_name
 from services.common import states, validation
 from services.common.bus import VAULT_CONSUMER, PullWorker, durable_worker
 from services.common.errors import InvalidArgument
@@ -72,8 +72,10 @@ class Applier:
         batch_size: int,
         ack_wait_seconds: float,
         rebuild: Rebuild | None = None,
+        neighbours: int = 5,
     ) -> None:
         self._js = js
+        self._neighbours = neighbours
         self._index = index
         self._keys = keys
         self._batch_size = batch_size
@@ -175,9 +177,11 @@ class Applier:
         await asyncio.gather(*(msg.ack() for msg, _ in commands))
 
     async def _measure_nearest(self, batch: _Batch) -> None:
-        """Each new memory's closest neighbour of the same speaker goes into its created event:
-        the lifecycle's conflict check then asks the vault only about memories near another,
-        and ingest does not pay a query round trip per memory."""
+        """Each new memory's closest neighbours of the same speaker go into its created event:
+        the lifecycle's conflict check reads them instead of searching the cube for every new
+        memory, and checks only the memories near another."""
+        if not self._neighbours:
+            return
         probes, events = [], []
         for event in batch.events:
             if event.kind != EventKind.MEMORY_CREATED:
@@ -191,9 +195,14 @@ class Applier:
             flt = not_from(memory_filter(memory.cube_id, Role.HEAD, speaker), records.turn_keys(memory))
             probes.append((point.id, point.dense, flt))
             events.append(event)
-        for event, nearest in zip(events, await self._index.nearest_other(probes), strict=True):
-            if nearest is not None:
-                event.payload.nearest_similarity = nearest
+        found = await self._index.nearest_others(probes, limit=self._neighbours)
+        for event, neighbours in zip(events, found, strict=True):
+            created = event.payload
+            for payload, score in neighbours:
+                name = memory_name(created.memory.cube_id, payload["memory_id"])
+                created.neighbours.add(name=name, similarity=score)
+            if neighbours:
+                created.nearest_similarity = neighbours[0][1]
 
     async def _open(self, msg: Msg) -> bytes:
         """The command's bytes, unsealed with its subject key when it carries content."""

@@ -397,28 +397,33 @@ class EdgeIndex:
                 values.append(math.log(1 + (n - df + 0.5) / (df + 0.5)))
         return SparseVector(indices=indices, values=values) if indices else None
 
-    async def nearest_other(self, probes: Sequence[tuple[str, list[float], Filter]]) -> list[float | None]:
-        """For each (point id, dense vector, filter): the best cosine over both dense keys of a
-        point other than the probe's own, or None when there is none. One engine call for all."""
+    async def nearest_others(
+        self, probes: Sequence[tuple[str, list[float], Filter]], *, limit: int
+    ) -> list[list[tuple[dict[str, Any], float]]]:
+        """For each (point id, dense vector, filter): the ``limit`` closest points but the probe's
+        own, best first, each with its ``memory_id`` payload and its best cosine over both dense
+        keys. One engine call for all."""
 
-        def nearest() -> list[float | None]:
+        def nearest() -> list[list[tuple[dict[str, Any], float]]]:
+            selector = PayloadSelector.Include(["memory_id"])
             requests = [
-                QueryRequest(limit=2, query=Query.Nearest(vector, using=key), filter=flt)
+                QueryRequest(
+                    limit=limit + 1, query=Query.Nearest(vector, using=key), filter=flt, with_payload=selector
+                )
                 for _, vector, flt in probes
                 for key in DENSE_KEYS
             ]
             lists = self.shard.query_batch(QueryBatchRequest(requests)) if requests else []
-            best: list[float | None] = []
             keys = len(DENSE_KEYS)
+            found: list[list[tuple[dict[str, Any], float]]] = []
             for i, (point_id, _, _) in enumerate(probes):
-                scores = [
-                    p.score
-                    for found in lists[keys * i : keys * (i + 1)]
-                    for p in found
-                    if str(p.id) != point_id
-                ]
-                best.append(max(scores, default=None))
-            return best
+                best: dict[str, tuple[dict[str, Any], float]] = {}
+                for p in (p for hits in lists[keys * i : keys * (i + 1)] for p in hits):
+                    pid = str(p.id)
+                    if pid != point_id and p.score > best.get(pid, (None, -2.0))[1]:
+                        best[pid] = (p.payload or {}, p.score)
+                found.append(sorted(best.values(), key=lambda hit: -hit[1])[:limit])
+            return found
 
         return await self._run(nearest)
 

@@ -307,7 +307,9 @@ async def setup(stack: AsyncExitStack, settings: VaultSettings) -> Component:
     run_until_closed(stack, lambda: index.flush_every(settings.index_flush_seconds), "index-flush")
     consumers = dict(batch_size=settings.apply_batch_size, ack_wait_seconds=settings.apply_ack_wait_seconds)
     keys = await SubjectKeys.start(stack, js)
-    writes = await Applier(js, index, keys, rebuild=rebuild, **consumers).worker()
+    writes = await Applier(
+        js, index, keys, rebuild=rebuild, neighbours=settings.created_neighbours, **consumers
+    ).worker()
     usage = await UsageFolder(
         js, index, linger_seconds=settings.usage_fold_seconds, rewind=rebuild is not None, **consumers
     ).worker()

@@ -19,6 +19,9 @@ class VaultSettings(ServiceSettings, EmbedderSettings):
     usage_fold_seconds: float = Field(
         2.0, ge=0, description="accesses gather this long between folds into the index (0: at once)"
     )
+    created_neighbours: int = Field(
+        5, ge=0, le=50, description="closest memories of the same speaker named in a created event (0: none)"
+    )
     wait_applied_timeout_seconds: float = Field(30.0, gt=0)
     bm25_avg_len: float = Field(
         32.0, gt=0, description="expected item length in tokens, for BM25 length norm"

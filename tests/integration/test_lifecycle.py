@@ -203,9 +203,17 @@ async def test_searches_count_usage_which_promotes_and_decay_archives(
         assert archived.state_change.rule == "decay" and archived.state_change.score < 0.5
 
 
-async def test_restatements_merge_and_contradictions_supersede(nats, triton_addr, tmp_path: Path, cube: str):
+# Created events name each memory's neighbours; with none named (0) the lifecycle asks the vault.
+@pytest.mark.parametrize("named_neighbours", [5, 0])
+async def test_restatements_merge_and_contradictions_supersede(
+    nats, triton_addr, tmp_path: Path, cube: str, named_neighbours: int
+):
     async with in_process_mesh(
-        nats, triton_addr, tmp_path, lifecycle={"sweep_interval_seconds": 3600.0}
+        nats,
+        triton_addr,
+        tmp_path,
+        lifecycle={"sweep_interval_seconds": 3600.0},
+        vault_settings={"created_neighbours": named_neighbours},
     ) as mesh:
         client = mesh.client
         # Said in a conversation, the earlier memories are indexed under their context too, a

@@ -331,7 +331,13 @@ async def test_a_created_event_says_how_close_the_nearest_other_memory_is(mesh, 
     assert 0.75 < dog_again.nearest_similarity < 0.999
     assert not dog.HasField("nearest_similarity") or 0.75 < dog.nearest_similarity < 0.999
     assert taxes.nearest_similarity < dog_again.nearest_similarity - 0.1
-    assert not melanie.HasField("nearest_similarity")
+    assert not melanie.HasField("nearest_similarity") and not melanie.neighbours
+    # The event names those neighbours, best first; the first is the nearest.
+    assert dog_again.neighbours[0].name == dog.memory.name
+    assert dog_again.neighbours[0].similarity == dog_again.nearest_similarity
+    assert {n.name for n in taxes.neighbours} <= {dog.memory.name, dog_again.memory.name}
+    scores = [n.similarity for n in taxes.neighbours]
+    assert scores == sorted(scores, reverse=True) and scores[0] == taxes.nearest_similarity
 
 
 async def test_pieces_and_statements_of_one_turn_are_not_each_others_neighbours(mesh, cube):
@@ -351,7 +357,7 @@ async def test_pieces_and_statements_of_one_turn_are_not_each_others_neighbours(
     )
     assert len(added.memory_names) == items > 2
     created = [decode_event(m.headers, m.data).payload for m in received]
-    assert not any(c.HasField("nearest_similarity") for c in created)
+    assert not any(c.HasField("nearest_similarity") or c.neighbours for c in created)
 
 
 async def test_a_cube_never_sees_another_cubes_memories(mesh, cube):

@@ -42,21 +42,32 @@ async def test_the_best_by_either_key_are_found_with_lists_as_deep_as_the_limit(
         assert [int(p["memory_id"]) for p, _ in deep] == list(np.argsort(-best)[:5])
 
 
-async def test_nearest_other_is_the_closest_point_but_the_probe_itself(tmp_path):
+async def test_nearest_others_are_the_closest_points_but_the_probe_itself_best_first(tmp_path):
     rng = np.random.default_rng(3)
     index = EdgeIndex(tmp_path / "index", dim=32, bm25_avg_len=20.0)
     await index.open()
     vectors = _unit(rng, 20)
+    context = _unit(rng, 20)
     ids = [f"00000000-0000-0000-0000-{i:012d}" for i in range(20)]
     await index.write(
-        [IndexPoint(ids[i], {"cube": "c" if i < 19 else "d"}, dense=vectors[i].tolist()) for i in range(20)],
+        [
+            IndexPoint(
+                ids[i],
+                {"cube": "c" if i < 19 else "d", "memory_id": str(i)},
+                dense=vectors[i].tolist(),
+                context=context[i].tolist(),
+            )
+            for i in range(20)
+        ],
         [],
     )
     cube = Filter(must=[FieldCondition(key="cube", match=MatchValue("c"))])
     alone = Filter(must=[FieldCondition(key="cube", match=MatchValue("d"))])
-    found = await index.nearest_other(
-        [(ids[0], vectors[0].tolist(), cube), (ids[19], vectors[19].tolist(), alone)]
+    found = await index.nearest_others(
+        [(ids[0], vectors[0].tolist(), cube), (ids[19], vectors[19].tolist(), alone)], limit=3
     )
-    expected = max(float(vectors[0] @ vectors[j]) for j in range(1, 19))
-    assert found[0] is not None and abs(found[0] - expected) < 1e-4
-    assert found[1] is None
+    # A point's similarity is its best over both keys.
+    best = np.maximum(vectors[1:19] @ vectors[0], context[1:19] @ vectors[0])
+    expected = [(str(j + 1), float(best[j])) for j in np.argsort(-best)[:3]]
+    assert [(p["memory_id"], round(s, 4)) for p, s in found[0]] == [(m, round(s, 4)) for m, s in expected]
+    assert found[1] == []
