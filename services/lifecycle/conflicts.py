@@ -224,13 +224,13 @@ class ConflictResolver:
         close = [n.name for n in created.neighbours if n.similarity >= self._floor - 1e-6]
         return [created.memory.name, *close[: self._settings.conflict_candidates]] if close else []
 
-    async def resolve(self, created: events_pb2.MemoryCreated, read: _Reads | None = None) -> Verdict | None:
+    async def resolve(self, created: events_pb2.MemoryCreated, read: _Reads) -> Verdict | None:
         """Judge a new memory (``created``: the event of its creation, whose memory is a header)
-        against its nearest live neighbours of the same speaker and apply the verdict.
+        against its nearest live neighbours of the same speaker and apply the verdict. ``read``
+        holds the memories of the event's batch.
 
         The event names those neighbours (the vault measured them when it applied the memory);
         for an event that does not (a redelivered write), the vault is asked for them."""
-        read = read or _Reads(self._read)
         if created.neighbours:
             names = await self._to_judge(created)
             found = await read.get(created.memory.cube_id, names) if names else {}
