@@ -34,7 +34,7 @@ from services.common.embedder import Embedder
 from services.common.settings import EmbedderSettings
 from services.common.timeparse import parse_time
 from services.launcher.mesh import Mesh, health_status
-from services.reader.extract import Turn, turn_items
+from services.reader.extract import Turn, embedded, turn_items
 from services.reader.settings import ReaderSettings
 
 
@@ -109,11 +109,12 @@ def embedded_texts(bundle: dict, settings: ReaderSettings) -> list[list[str]]:
             piece_tokens=settings.piece_tokens,
             context_tokens=settings.context_tokens,
             statement_piece_tokens=settings.statement_piece_tokens,
+            digest_tokens=settings.digest_tokens,
             request_id=str(session.get("id", "")),
             principal="bench",
             now=timestamp_pb2.Timestamp(),
         )
-        batches.append([i.text for i in items])
+        batches.append([i.text for i in embedded(items)])
     return batches
 
 

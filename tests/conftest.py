@@ -217,7 +217,10 @@ def service_settings(
     return {
         "keys": keys,
         "vault": VaultSettings(**common, data_dir=data_dir / "vault", wait_applied_timeout_seconds=60),
-        "reader": lambda vault_addr, **extra: ReaderSettings(**common, vault_addr=vault_addr, **extra),
+        # Digests are off unless a test turns them on: tests count the items a request makes.
+        "reader": lambda vault_addr, **extra: ReaderSettings(
+            **common, vault_addr=vault_addr, **{"digest_tokens": 0, **extra}
+        ),
         # Activation memory is built on request (Preload) unless a test turns automatic preloading on.
         "scheduler": lambda vault_addr, **extra: SchedulerSettings(
             **common, vault_addr=vault_addr, **{"auto_preload": False, **extra}

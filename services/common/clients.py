@@ -110,15 +110,26 @@ async def live_memories(
     return [m for m in got.memories if m.state in states.LIVE]
 
 
-async def live_adapters(
-    vault: vault_pb2_grpc.VaultServiceStub, cube_id: str, *, call_seconds: float
+async def listed(
+    vault: vault_pb2_grpc.VaultServiceStub,
+    cube_id: str,
+    flt: vault_pb2.MemoryFilter,
+    *,
+    call_seconds: float,
 ) -> list[memory_pb2.Memory]:
-    """The cube's live adapters (parametric memories)."""
+    """Every memory of the cube that ``flt`` selects, all pages."""
     listing = paged(
         vault.ListMemories,
-        vault_pb2.ListMemoriesRequest(cube_id=cube_id, page_size=100, filter=PARAMETRIC),
+        vault_pb2.ListMemoriesRequest(cube_id=cube_id, page_size=100, filter=flt),
         "memories",
         peer="vault",
         call_seconds=call_seconds,
     )
     return [m async for m in listing]
+
+
+async def live_adapters(
+    vault: vault_pb2_grpc.VaultServiceStub, cube_id: str, *, call_seconds: float
+) -> list[memory_pb2.Memory]:
+    """The cube's live adapters (parametric memories)."""
+    return await listed(vault, cube_id, PARAMETRIC, call_seconds=call_seconds)

@@ -210,8 +210,8 @@ class ConflictResolver:
         """False when the judge would turn every pair down before reading them (most new
         memories: far from all others)."""
         memory = created.memory
-        if memory.kind != memory_pb2.MEMORY_KIND_PLAINTEXT:
-            return False
+        if memory.kind != memory_pb2.MEMORY_KIND_PLAINTEXT or memory.type == memory_pb2.MEMORY_TYPE_SUMMARY:
+            return False  # a summary restates memories that are checked themselves
         if not (await self._policies.get(memory.cube_id)).resolve_conflicts:
             return False
         return not created.HasField("nearest_similarity") or created.nearest_similarity >= self._floor - 1e-6
@@ -244,8 +244,12 @@ class ConflictResolver:
         if memory is None or memory.state not in states.LIVE:
             return None
         for other, similarity in close:
-            # Another piece or statement of the same turn is no conflict.
-            if other.state not in states.LIVE or _sources(other) & _sources(memory):
+            # Another piece or statement of the same turn is no conflict, nor is a summary.
+            if (
+                other.state not in states.LIVE
+                or other.type == memory_pb2.MEMORY_TYPE_SUMMARY
+                or _sources(other) & _sources(memory)
+            ):
                 continue
             verdict = judge(
                 *_in_time_order(other, memory),

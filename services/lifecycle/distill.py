@@ -3,7 +3,8 @@
 ``promote`` records an operation and puts a ``DistillJob`` on the MEMOS_JOBS work queue; the
 trainer takes it from there. ``StaleAdapters`` watches memory events: when a memory an adapter
 learned from is deleted, superseded, merged or expired, the adapter is archived at once (so chat
-stops using it), marked stale, and a rebuild from its remaining live sources is queued.
+stops using it), marked stale, and a rebuild from its remaining live sources is queued. The same
+events withdraw the digests that restate the memory (``digests``).
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ from services.common.errors import FailedPrecondition, InvalidArgument, MemosErr
 from services.common.operations import Operations, operation_id, operation_name
 from services.common.telemetry import inject_headers
 
+from .digests import withdraw_digests, withdraws_digests
 from .moves import Mover
 from .settings import LifecycleSettings
 
@@ -105,7 +107,8 @@ class Distiller:
                 peer="vault",
                 call_seconds=self._settings.vault_timeout_seconds,
             )
-            found = [m.name async for m in listing]
+            # A digest restates statements that are sources themselves.
+            found = [m.name async for m in listing if m.type != memory_pb2.MEMORY_TYPE_SUMMARY]
             return sorted(found)[: self._settings.distill_max_memories]
         for i, n in enumerate(names):
             owner, _ = validation.memory_name(n, f"names[{i}]")
@@ -135,10 +138,19 @@ class Distiller:
 
 
 class StaleAdapters:
-    def __init__(self, js: JetStreamContext, distiller: Distiller, mover: Mover) -> None:
+    def __init__(
+        self,
+        js: JetStreamContext,
+        distiller: Distiller,
+        mover: Mover,
+        vault: vault_pb2_grpc.VaultServiceStub,
+        call_seconds: float,
+    ) -> None:
         self._js = js
         self._distiller = distiller
         self._mover = mover
+        self._vault = vault
+        self._call_seconds = call_seconds
 
     async def worker(self) -> PullWorker:
         return await durable_worker(
@@ -157,11 +169,16 @@ class StaleAdapters:
     async def _handle(self, msgs: list[Msg]) -> None:
         for msg in msgs:
             kind = (msg.headers or {}).get("ce-type", "")
+            name, what = (msg.headers or {}).get("ce-subject", ""), kind.rsplit(".", 1)[-1]
             try:
                 if kind in _WITHDRAWING_TYPES:
-                    await self.withdraw_learners(msg.headers.get("ce-subject", ""), kind.rsplit(".", 1)[-1])
+                    await self.withdraw_learners(name, what)
+                if name and withdraws_digests(kind):
+                    await withdraw_digests(
+                        self._vault, self._mover, name, what, call_seconds=self._call_seconds
+                    )
             except MemosError as err:
-                log.warning("stale-adapter check failed, retrying later: %s", err)
+                log.warning("stale-adapter or digest check failed, retrying later: %s", err)
                 await msg.nak(delay=5)
                 continue
             await msg.ack()

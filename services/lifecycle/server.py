@@ -200,7 +200,7 @@ async def setup(stack: AsyncExitStack, settings: LifecycleSettings) -> Component
     distiller = Distiller(settings, js, vault, await Operations.open(js))
     sweeper = Sweeper(settings, policies, vault, mover, distiller)
     conflicts = await ConflictResolver(settings, js, policies, vault, mover).worker()
-    stale = await StaleAdapters(js, distiller, mover).worker()
+    stale = await StaleAdapters(js, distiller, mover, vault, settings.vault_timeout_seconds).worker()
 
     async def stop() -> None:
         await asyncio.gather(sweeper.stop(), conflicts.stop(), stale.stop())

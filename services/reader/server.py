@@ -36,7 +36,7 @@ from services.common.sealing import SubjectKeys
 from services.common.timeparse import parse_time
 from services.common.writes import publish_write
 
-from .extract import Turn, context_embeddings, document_items, turn_items
+from .extract import Turn, context_embeddings, derived_embeddings, document_items, embedded, turn_items
 from .limits import CubeSizes
 from .settings import ReaderSettings
 
@@ -156,8 +156,11 @@ class ReaderServicer(reader_pb2_grpc.ReaderServiceServicer):
     ) -> tuple[list[str], int, bool]:
         """Embed and append one put per item; with ``wait``, until the vault applied them."""
         await self._sizes.make_room(cube_id, len(items))
-        vectors = await self._embedder.embed([item.text for item in items])
-        context_vectors = context_embeddings(items, vectors, self._settings.context_weight)
+        by_model = embedded(items)
+        vectors = await self._embedder.embed([item.text for item in by_model])
+        context_vectors = context_embeddings(by_model, vectors, self._settings.context_weight)
+        dense = dict(zip((item.name for item in by_model), vectors, strict=True))
+        dense |= derived_embeddings(items, dense)
         limit = asyncio.Semaphore(self._settings.publish_concurrency)
 
         async def put(item: memory_pb2.Memory, vector) -> int:
@@ -171,9 +174,7 @@ class ReaderServicer(reader_pb2_grpc.ReaderServiceServicer):
                 )
             return seq
 
-        sequences = await asyncio.gather(
-            *(put(item, v) for item, v in zip(items, vectors[: len(items)], strict=True))
-        )
+        sequences = await asyncio.gather(*(put(item, dense[item.name]) for item in items))
         last = max(sequences)
         if wait:
             await wait_applied(self._js, last, timeout_seconds=self._settings.wait_applied_timeout_seconds)
@@ -189,6 +190,7 @@ class ReaderServicer(reader_pb2_grpc.ReaderServiceServicer):
             piece_tokens=self._settings.piece_tokens,
             context_tokens=self._settings.context_tokens,
             statement_piece_tokens=self._settings.statement_piece_tokens,
+            digest_tokens=self._settings.digest_tokens,
             request_id=request_id,
             principal=caller_principal(),
             now=now_timestamp(),

@@ -27,6 +27,12 @@ class ReaderSettings(ServiceSettings, EmbedderSettings):
         description="pieces longer than this also give a fact item per statement the speaker makes "
         "of themselves in them; 0: none",
     )
+    digest_tokens: int = Field(
+        150,
+        ge=0,
+        description="each speaker's statements of a session are also gathered into digests of up to "
+        "this many tokens; 0: none",
+    )
     context_weight: float = Field(
         0.5, ge=0, description="weight of each neighbour's vector in a piece's context key"
     )

@@ -34,9 +34,18 @@ from services.common.sealing import Erased, SubjectKeys, subject_key_id
 from services.common.telemetry import extract_context
 
 from . import records
-from .index import EdgeIndex, IndexPoint, memory_filter, not_from
+from .index import EdgeIndex, IndexPoint, excluding, memory_filter, not_from
 from .rebuild import Rebuild
 from .records import Role
+
+_SUMMARY = memory_pb2.MemoryType.Name(memory_pb2.MEMORY_TYPE_SUMMARY)
+
+
+def _judged(memory: memory_pb2.Memory) -> bool:
+    """Whether the lifecycle judges the memory for conflicts: plaintext that is not a summary
+    (a summary restates memories that are judged themselves)."""
+    return memory.kind == memory_pb2.MEMORY_KIND_PLAINTEXT and memory.type != memory_pb2.MEMORY_TYPE_SUMMARY
+
 
 log = logging.getLogger(__name__)
 tracer = trace.get_tracer("memos.vault")
@@ -188,11 +197,13 @@ class Applier:
                 continue
             memory = event.payload.memory
             point = batch.upserts.get(records.head_id(memory.cube_id, memory.memory_id))
-            if point is None or point.dense is None or memory.kind != memory_pb2.MEMORY_KIND_PLAINTEXT:
+            if point is None or point.dense is None or not _judged(memory):
                 continue
             speaker = vault_pb2.MemoryFilter(speaker=memory.speaker)
-            # Other pieces and statements of its own turns are no conflict (the lifecycle's rule).
+            # Other pieces and statements of its own turns are no conflict, and summaries are
+            # not judged (the lifecycle's rules).
             flt = not_from(memory_filter(memory.cube_id, Role.HEAD, speaker), records.turn_keys(memory))
+            flt = excluding(flt, FieldCondition(key="type", match=MatchValue(_SUMMARY)))
             probes.append((point.id, point.dense, flt))
             events.append(event)
         found = await self._index.nearest_others(probes, limit=self._neighbours)

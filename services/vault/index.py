@@ -53,7 +53,7 @@ from qdrant_edge import (
 
 from memos.type.v1 import memory_pb2
 from memos.vault.v1 import vault_pb2
-from services.common import states
+from services.common import states, validation
 from services.common.errors import InvalidArgument
 
 from .records import USAGE_FIELDS, Role
@@ -66,7 +66,7 @@ CONTEXT_DENSE = "context_dense"
 DENSE_KEYS = (DENSE, CONTEXT_DENSE)
 # The shard's directory under the data dir; a new layout gets a new name, and the vault
 # rebuilds it by replaying the write log.
-INDEX_DIR = "index-v11"
+INDEX_DIR = "index-v12"
 _LAYOUT = re.compile(r"index-v(\d+)")
 KEYWORD_FIELDS = (
     "cube",
@@ -77,6 +77,7 @@ KEYWORD_FIELDS = (
     "state",
     "speaker",
     "session_id",
+    "parents",
     "tags",
     "turns",
     "place",  # places.place_key: the reply to a question is looked up by its place
@@ -122,6 +123,12 @@ def memory_filter(
             FieldCondition(key="kind", match=MatchAny([memory_pb2.MemoryKind.Name(k) for k in kinds]))
         )
     if spec is not None:
+        if spec.parent_name and validation.memory_name(spec.parent_name, "filter.parent_name")[0] != cube_id:
+            raise InvalidArgument(
+                f"filter.parent_name is not in cube {cube_id}",
+                reason="NAME_OUTSIDE_CUBE",
+                field="filter.parent_name",
+            )
         must += spec_conditions(spec)
     return Filter(must=must)
 
@@ -132,9 +139,9 @@ def spec_conditions(spec: vault_pb2.MemoryFilter) -> list[Any]:
     if spec.types:
         names = [memory_pb2.MemoryType.Name(t) for t in spec.types]
         must.append(FieldCondition(key="type", match=MatchAny(names)))
-    for key in ("speaker", "session_id"):
-        if getattr(spec, key):
-            must.append(FieldCondition(key=key, match=MatchValue(getattr(spec, key))))
+    for key, field in (("speaker", "speaker"), ("session_id", "session_id"), ("parents", "parent_name")):
+        if getattr(spec, field):
+            must.append(FieldCondition(key=key, match=MatchValue(getattr(spec, field))))
     if spec.tag:
         must.append(FieldCondition(key="tags", match=MatchValue(spec.tag)))
     after = spec.event_time_after.ToJsonString() if spec.HasField("event_time_after") else None
@@ -149,11 +156,14 @@ def also(flt: Filter, *conditions: Any) -> Filter:
     return Filter(must=[*flt.must, *conditions])
 
 
+def excluding(flt: Filter, *conditions: Any) -> Filter:
+    """``flt`` without the points that match any of ``conditions``."""
+    return Filter(must=list(flt.must), must_not=[*(flt.must_not or []), *conditions])
+
+
 def not_from(flt: Filter, turns: Sequence[str]) -> Filter:
     """``flt`` without the points that carry any of ``turns`` (``records.turn_keys``)."""
-    if not turns:
-        return flt
-    return Filter(must=list(flt.must), must_not=[FieldCondition(key="turns", match=MatchAny(list(turns)))])
+    return excluding(flt, FieldCondition(key="turns", match=MatchAny(list(turns)))) if turns else flt
 
 
 def at_places(flt: Filter, places: Sequence[str]) -> Filter:

@@ -76,6 +76,7 @@ def payload(
         "speaker": memory.speaker,
         "session_id": sources[0].session_id if sources else "",
         "turns": turn_keys(memory),
+        "parents": list(memory.lineage.parent_names),
         "tags": list(memory.tags),
         "key": key_id,
         "record": base64.b64encode(seal(key_id, key, sealed.SerializeToString())).decode("ascii"),

@@ -73,6 +73,16 @@ async def test_too_many_messages(mesh):
         (lambda c: c.versions("cubes/x/memories/zz"), grpc.StatusCode.INVALID_ARGUMENT, "MALFORMED_NAME"),
         (lambda c: c.list_page("bad cube"), grpc.StatusCode.INVALID_ARGUMENT, "MALFORMED_CUBE_ID"),
         (
+            lambda c: c.list_page("demo", derived_from=MISSING.replace("demo", "other", 1)),
+            grpc.StatusCode.INVALID_ARGUMENT,
+            "NAME_OUTSIDE_CUBE",
+        ),
+        (
+            lambda c: c.list_page("demo", derived_from="not-a-name"),
+            grpc.StatusCode.INVALID_ARGUMENT,
+            "MALFORMED_NAME",
+        ),
+        (
             lambda c: c.list_page("demo", page_token="garbage"),
             grpc.StatusCode.INVALID_ARGUMENT,
             "INVALID_PAGE_TOKEN",

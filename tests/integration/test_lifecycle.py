@@ -48,6 +48,11 @@ async def _add(
     return reply.memory_names[0]
 
 
+async def _derived(client: MemosClient, cube: str, parent: str, state: int):
+    page = await client.list_page(cube, derived_from=parent, states=[state])
+    return page.memories[0] if page.memories else None
+
+
 async def _state_is(client: MemosClient, name: str, state: int):
     memory = await client.get(name)
     return memory if memory.state == state else None
@@ -214,6 +219,7 @@ async def test_restatements_merge_and_contradictions_supersede(
         tmp_path,
         lifecycle={"sweep_interval_seconds": 3600.0},
         vault_settings={"created_neighbours": named_neighbours},
+        reader_settings={"digest_tokens": 150},
     ) as mesh:
         client = mesh.client
         # Said in a conversation, the earlier memories are indexed under their context too, a
@@ -236,7 +242,7 @@ async def test_restatements_merge_and_contradictions_supersede(
             ],
             wait_applied=True,
         )
-        blue, _, puppy = said.memory_names
+        blue, _, puppy, digest = said.memory_names  # and Alice's digest of the session, last
         assert (await client.get(blue)).index_context and (await client.get(puppy)).index_context
         other = await _add(client, cube, "My favorite color is blue.", "t3", day=3, speaker="Bob")
         again = await _add(client, cube, "I adopted a puppy named Max.", "t4", day=4)
@@ -254,6 +260,12 @@ async def test_restatements_merge_and_contradictions_supersede(
         assert new.lineage.supersedes == blue and new.state == S.MEMORY_STATE_GENERATED
         assert old.valid_to == new.valid_from == new.event_time
         assert (await client.get(other)).state == S.MEMORY_STATE_GENERATED  # another speaker's
+
+        # Alice's digest of the first session restated "blue": it is withdrawn with it.
+        withdrawn = await until(lambda: _derived(client, cube, blue, S.MEMORY_STATE_ARCHIVED), "withdrawn")
+        assert withdrawn.name == digest and withdrawn.type == memory_pb2.MEMORY_TYPE_SUMMARY
+        assert "puppy" in withdrawn.text and withdrawn.state_change.related_name == blue
+        assert withdrawn.state_change.rule == "source_changed"
 
         reply = await client.search(cube, "favorite color")
         names = [r.memory.name for r in reply.results]

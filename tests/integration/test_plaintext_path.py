@@ -23,6 +23,7 @@ from memos_sdk.tokens import count_tokens
 from memos_sdk.wire import EventKind, Header, events_subject, writes_subject
 from services.common.bus import publish, wait_applied
 from services.reader.extract import statements
+from tests.conftest import in_process_mesh
 
 pytestmark = pytest.mark.integration
 T = TypeVar("T")
@@ -358,6 +359,37 @@ async def test_pieces_and_statements_of_one_turn_are_not_each_others_neighbours(
     assert len(added.memory_names) == items > 2
     created = [decode_event(m.headers, m.data).payload for m in received]
     assert not any(c.HasField("nearest_similarity") or c.neighbours for c in created)
+
+
+async def test_a_digest_of_a_speakers_statements_answers_a_question_that_gathers(
+    nats, triton_addr, tmp_path, cube
+):
+    said = [
+        ("user", "I wear my Fitbit smartwatch every single day to count my steps."),
+        ("assistant", "That is a great habit for your health goals."),
+        ("user", "I also do inhalation treatments with my nebulizer twice a day."),
+        ("assistant", "Keep your nebulizer clean after each use."),
+        ("user", "I test my blood sugar three times a day with my Accu-Chek meter."),
+        ("user", "Can you suggest a good recipe for dinner tonight?"),
+        ("assistant", "A lentil soup with carrots and cumin is easy and filling."),
+    ]
+    turns = [
+        {"id": f"T{i}", "speaker": who, "text": text, "session_id": "S1", "time_text": "2023-05-20 10:00"}
+        for i, (who, text) in enumerate(said)
+    ]
+    async with in_process_mesh(nats, triton_addr, tmp_path, reader_settings={"digest_tokens": 150}) as mesh:
+        added = await mesh.client.add_messages(cube, turns, wait_applied=True)
+        assert len(added.memory_names) == len(turns) + 1  # one digest: the user's statements
+        digest = await mesh.client.get(added.memory_names[-1])
+        assert digest.type == memory_pb2.MEMORY_TYPE_SUMMARY and digest.speaker == "user"
+        assert [s.turn_id for s in digest.provenance.sources] == ["T0", "T2", "T4"]
+        assert list(digest.lineage.parent_names) == list(added.memory_names[0:5:2])
+
+        found = await mesh.client.search(cube, "Which health devices do I use every day?", top_k=3)
+        # The digest brings all three answers in one item, close behind the best single one.
+        assert digest.name in [r.memory.name for r in found.results[:2]]
+        listed = await mesh.client.list_page(cube, derived_from=added.memory_names[2])
+        assert [m.name for m in listed.memories] == [digest.name]
 
 
 async def test_a_cube_never_sees_another_cubes_memories(mesh, cube):

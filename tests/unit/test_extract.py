@@ -1,10 +1,19 @@
 import datetime as dt
 
+import numpy as np
 from google.protobuf import timestamp_pb2
 
 from memos.type.v1 import memory_pb2
 from memos_sdk.tokens import count_tokens
-from services.reader.extract import Turn, chunk_text, document_items, statements, turn_items
+from services.reader.extract import (
+    Turn,
+    chunk_text,
+    derived_embeddings,
+    document_items,
+    embedded,
+    statements,
+    turn_items,
+)
 
 NOW = timestamp_pb2.Timestamp(seconds=1_700_000_000)
 WHEN = dt.datetime(2023, 5, 8, 13, 56, tzinfo=dt.UTC)
@@ -157,3 +166,62 @@ def test_long_pieces_also_give_their_statements_as_unnumbered_facts():
     assert len({piece.memory_id, fact.memory_id, reply.memory_id}) == 3
     # short turns stay whole, and the feature is off at 0
     assert len(_items(turns)) == 2
+
+
+def _digest_items(turns, digest_tokens=150):
+    return turn_items(
+        "c1", turns, piece_tokens=120, context_tokens=48, statement_piece_tokens=60,
+        digest_tokens=digest_tokens, request_id="r1", principal="p", now=NOW,
+    )  # fmt: skip
+
+
+def test_a_speakers_statements_of_a_session_are_gathered_into_a_digest_sourced_to_their_turns():
+    aside = "By the way, I've been wearing my Fitbit every day since I got it."
+    long_turn = "Can you help me with my sleep schedule? " + aside + " " + "Filler words here. " * 20
+    turns = _session(
+        ("user", long_turn),
+        ("assistant", "Sure, I can help you with that."),
+        ("user", "I also use a nebulizer twice a day."),
+        ("user", "What else should I track?"),
+    )
+    items = _digest_items(turns)
+    (digest,) = [i for i in items if i.type == memory_pb2.MEMORY_TYPE_SUMMARY]
+    assert items[-1] is digest  # after the items it is made of
+    assert digest.text == (
+        "[8 May 2023] user: By the way, I've been wearing my Fitbit every day since I got it. "
+        "I also use a nebulizer twice a day."
+    )
+    assert [s.turn_id for s in digest.provenance.sources] == ["S1:0", "S1:2"]
+    assert all(s.position == 0 for s in digest.provenance.sources)  # never joined to neighbours
+    assert digest.speaker == "user" and digest.provenance.producer == "reader/digest"
+    # Its parents are the items that say its statements: the long turn's fact, the short turn itself.
+    by_name = {i.name: i for i in items}
+    fact, short = (by_name[n] for n in digest.lineage.parent_names)
+    assert fact.type == memory_pb2.MEMORY_TYPE_FACT and fact.text.endswith(aside)
+    assert short.type == memory_pb2.MEMORY_TYPE_TURN and short.provenance.sources[0].turn_id == "S1:2"
+    assert digest.memory_id == _digest_items(turns)[-1].memory_id  # deterministic
+    assert not [i for i in _digest_items(turns, digest_tokens=0) if i.type == memory_pb2.MEMORY_TYPE_SUMMARY]
+
+
+def test_digests_are_per_speaker_and_session_cut_to_their_budget_and_need_two_statements():
+    said = [("user", f"I visited museum number {n} with my sister last year.") for n in range(6)]
+    turns = _session(*said) + _session(("user", "I own a red bicycle."), session="S2")
+    items = _digest_items(turns, digest_tokens=30)
+    digests = [i for i in items if i.type == memory_pb2.MEMORY_TYPE_SUMMARY]
+    assert all(count_tokens(d.text.split(": ", 1)[1]) <= 30 for d in digests)
+    quoted = [s.turn_id for d in digests for s in d.provenance.sources]
+    assert quoted == [f"S1:{n}" for n in range(6)]  # in order, each once; S2 has one statement only
+    assert len({d.memory_id for d in digests}) == len(digests) >= 2
+
+
+def test_the_model_embeds_all_but_digests_whose_key_is_the_normalised_mean_of_their_parents():
+    turns = _session(
+        ("user", "I also use a nebulizer twice a day."), ("user", "I run five miles every single morning.")
+    )
+    items = _digest_items(turns)
+    digest = items[-1]
+    assert embedded(items) == items[:-1]
+    a, b = np.array([1.0, 0.0, 0.0]), np.array([0.0, 1.0, 0.0])
+    keys = derived_embeddings(items, {items[0].name: a, items[1].name: b})
+    assert list(keys) == [digest.name]
+    assert np.allclose(keys[digest.name], [2**-0.5, 2**-0.5, 0.0])

@@ -154,7 +154,9 @@ async def cmd_list(client: MemosClient, args: argparse.Namespace) -> int:
     shown = 0
     states = [STATES[s] for s in args.state]
     kinds = [KINDS[k] for k in args.kind]
-    async for memory in client.iter_memories(args.cube, speaker=args.speaker, states=states, kinds=kinds):
+    async for memory in client.iter_memories(
+        args.cube, speaker=args.speaker, states=states, kinds=kinds, derived_from=args.derived_from
+    ):
         print(json.dumps(json_format.MessageToDict(memory)) if args.json else _line(memory))
         shown += 1
         if args.limit and shown >= args.limit:
@@ -411,6 +413,12 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("list", help="list the memories of a cube")
     p.add_argument("--cube", required=True)
     p.add_argument("--speaker", default="", help="only memories of this speaker")
+    p.add_argument(
+        "--derived-from",
+        default="",
+        metavar="NAME",
+        help="only memories derived from this one (digests, merge survivors, adapters)",
+    )
     p.add_argument(
         "--state",
         action="append",

@@ -237,13 +237,18 @@ class MemosClient:
         speaker: str = "",
         states: Iterable[int] = (),
         kinds: Iterable[int] = (),
+        derived_from: str = "",
     ) -> vault_pb2.ListMemoriesResponse:
-        """One page of the cube's memories: the live plaintext ones, or those in ``states`` and ``kinds``."""
+        """One page of the cube's memories: the live plaintext ones, or those in ``states`` and
+        ``kinds``; with ``derived_from`` (a memory name), only those derived from it (digests,
+        merge survivors, adapters)."""
         request = vault_pb2.ListMemoriesRequest(
             cube_id=cube_id,
             page_size=page_size,
             page_token=page_token,
-            filter=vault_pb2.MemoryFilter(speaker=speaker, states=list(states), kinds=list(kinds)),
+            filter=vault_pb2.MemoryFilter(
+                speaker=speaker, states=list(states), kinds=list(kinds), parent_name=derived_from
+            ),
         )
         async with _api_errors():
             return await self.vault.ListMemories(request, timeout=self.timeout)
@@ -256,11 +261,18 @@ class MemosClient:
         speaker: str = "",
         states: Iterable[int] = (),
         kinds: Iterable[int] = (),
+        derived_from: str = "",
     ) -> AsyncIterator[memory_pb2.Memory]:
         token, states, kinds = "", list(states), list(kinds)
         while True:
             page = await self.list_page(
-                cube_id, page_size=page_size, page_token=token, speaker=speaker, states=states, kinds=kinds
+                cube_id,
+                page_size=page_size,
+                page_token=token,
+                speaker=speaker,
+                states=states,
+                kinds=kinds,
+                derived_from=derived_from,
             )
             for memory in page.memories:
                 yield memory
