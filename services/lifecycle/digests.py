@@ -15,7 +15,6 @@ from memos.vault.v1 import vault_pb2, vault_pb2_grpc
 from memos_sdk.wire import EventKind
 from services.common import validation
 from services.common.clients import listed
-from services.common.errors import NotFound
 
 from .moves import Mover
 
@@ -37,16 +36,7 @@ async def withdraw_digests(
     derived = vault_pb2.MemoryFilter(types=[memory_pb2.MEMORY_TYPE_SUMMARY], parent_name=name)
     withdrawn = 0
     for digest in await listed(vault, cube_id, derived, call_seconds=call_seconds):
-        change = memory_pb2.StateChange(
-            to_state=memory_pb2.MEMORY_STATE_ARCHIVED,
-            rule="source_changed",
-            reason=f"{name} was {what}; the digest restated it",
-            related_name=name,
-        )
-        try:
-            await mover.move(digest, change, request_id=f"stale/{digest.version}")
-        except NotFound:
-            continue
-        log.info("digest %s withdrawn: %s was %s", digest.name, name, what)
-        withdrawn += 1
+        if await mover.withdraw(digest, name, f"{name} was {what}; the digest restated it"):
+            log.info("digest %s withdrawn: %s was %s", digest.name, name, what)
+            withdrawn += 1
     return withdrawn

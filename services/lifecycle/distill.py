@@ -22,7 +22,7 @@ from memos_sdk.wire import EventKind, Stream, events_subject, jobs_subject
 from services.common import validation
 from services.common.bus import PullWorker, durable_worker, publish
 from services.common.clients import forward_errors, live_adapters, live_memories, paged
-from services.common.errors import FailedPrecondition, InvalidArgument, MemosError, NotFound
+from services.common.errors import FailedPrecondition, InvalidArgument, MemosError
 from services.common.operations import Operations, operation_id, operation_name
 from services.common.telemetry import inject_headers
 
@@ -195,15 +195,8 @@ class StaleAdapters:
             def mark(m: memory_pb2.Memory) -> None:
                 m.adapter.stale = True
 
-            change = memory_pb2.StateChange(
-                to_state=memory_pb2.MEMORY_STATE_ARCHIVED,
-                rule="source_changed",
-                reason=f"{name} was {what}; withdrawn until it is rebuilt without it",
-                related_name=name,
-            )
-            try:
-                await self._mover.move(adapter, change, request_id=f"stale/{adapter.version}", edit=mark)
-            except NotFound:
+            reason = f"{name} was {what}; withdrawn until it is rebuilt without it"
+            if not await self._mover.withdraw(adapter, name, reason, edit=mark):
                 continue
             remaining = [n for n in adapter.lineage.parent_names if n != name]
             live = await self._distiller.live(cube_id, remaining)

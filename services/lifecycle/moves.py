@@ -17,7 +17,7 @@ from memos.vault.v1 import commands_pb2, vault_pb2, vault_pb2_grpc
 from services.common import states
 from services.common.clients import forward_errors
 from services.common.clock import now_timestamp
-from services.common.errors import Aborted, FailedPrecondition
+from services.common.errors import Aborted, FailedPrecondition, NotFound
 from services.common.sealing import SubjectKeys
 from services.common.writes import write_version
 
@@ -38,6 +38,28 @@ class Mover:
         self._js = js
         self._vault = vault
         self._keys = keys
+
+    async def withdraw(
+        self,
+        derived: memory_pb2.Memory,
+        source: str,
+        reason: str,
+        *,
+        edit: Callable[[memory_pb2.Memory], None] | None = None,
+    ) -> bool:
+        """Archive ``derived`` because ``source``, a memory it was made from, changed (rule
+        ``source_changed``); False when it is gone. Retried, it is the same write."""
+        change = memory_pb2.StateChange(
+            to_state=memory_pb2.MEMORY_STATE_ARCHIVED,
+            rule="source_changed",
+            reason=reason,
+            related_name=source,
+        )
+        try:
+            await self.move(derived, change, request_id=f"stale/{derived.version}", edit=edit)
+        except NotFound:
+            return False
+        return True
 
     async def get(self, name: str) -> memory_pb2.Memory:
         async with forward_errors("vault"):
