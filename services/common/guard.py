@@ -47,7 +47,7 @@ class Guard:
         guard = cls(
             verifier,
             acl,
-            AuditTrail(js, service),
+            AuditTrail(js, service, linger_seconds=settings.audit_linger_seconds),
             RateLimiter(settings.rate_limit_per_second, settings.rate_limit_burst),
         )
         await acl.start(stack)

@@ -35,6 +35,9 @@ class ServiceSettings(BaseSettings):
     governance_addr: str = Field("127.0.0.1:50056", description="where API keys are exchanged for tokens")
     rate_limit_per_second: float = Field(50.0, gt=0, description="requests per principal, on average")
     rate_limit_burst: int = Field(200, gt=0, description="requests per principal in a burst")
+    audit_linger_seconds: float = Field(
+        0.5, ge=0, description="read decisions gather this long before going to the audit log together"
+    )
     tls_ca_file: Path | None = Field(
         None, description="CA of the mesh; with tls_cert_file and tls_key_file, gRPC in and out is mutual TLS"
     )

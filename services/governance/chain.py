@@ -46,14 +46,20 @@ class AuditChain:
 
     async def _append_batch(self, msgs) -> None:
         for msg in msgs:
+            headers = msg.headers or {}
             try:
-                record = governance_pb2.AuditRecord.FromString(msg.data)
+                if Header.AUDIT_BATCH in headers:
+                    records = list(governance_pb2.AuditRecords.FromString(msg.data).records)
+                else:
+                    records = [governance_pb2.AuditRecord.FromString(msg.data)]
             except Exception:
                 log.error("dropping a malformed audit inbox message (subject %s)", msg.subject)
                 await msg.term()
                 continue
-            msg_id = (msg.headers or {}).get(Header.MSG_ID) or f"inbox-{msg.metadata.sequence.stream}"
-            await self.append(record, msg_id)
+            msg_id = headers.get(Header.MSG_ID) or f"inbox-{msg.metadata.sequence.stream}"
+            for i, record in enumerate(records):
+                # Each record of a batch has an id of its own, so a redelivered batch is chained once.
+                await self.append(record, msg_id if len(records) == 1 else f"{msg_id}/{i}")
             await msg.ack()
 
     async def _load_head(self) -> tuple[int, bytes]:

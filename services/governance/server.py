@@ -207,7 +207,7 @@ async def setup(stack: AsyncExitStack, settings: GovernanceSettings) -> Componen
     )
     chain = AuditChain(js)
     chainer = await chain.worker()
-    audit = AuditTrail(js, "governance")
+    audit = AuditTrail(js, "governance", linger_seconds=settings.audit_linger_seconds)
 
     async def stop() -> None:
         await audit.flush()

@@ -18,6 +18,7 @@ import asyncio
 import logging
 import math
 import re
+import time
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -57,6 +58,7 @@ from services.common import states, validation
 from services.common.errors import InvalidArgument
 
 from .records import USAGE_FIELDS, Role
+from .terms import COUNTED_FIELDS, TERMS, TermCounts
 
 log = logging.getLogger(__name__)
 
@@ -83,7 +85,7 @@ KEYWORD_FIELDS = (
     "place",  # places.place_key: the reply to a question is looked up by its place
 )
 SET_FIELDS_PER_CALL = 16
-TERMS = "bm25_terms"  # payload: the term ids of a point's BM25 vector, to count document frequencies
+_HEAD = FieldCondition(key="role", match=MatchValue(Role.HEAD.value))
 
 
 @dataclass(frozen=True, slots=True)
@@ -194,7 +196,7 @@ def usage_in(path: Path) -> dict[str, dict[str, int]]:
     the log starts its counts from these."""
     shard = EdgeShard.load(str(path))
     try:
-        heads = Filter(must=[FieldCondition(key="role", match=MatchValue(Role.HEAD.value))])
+        heads = Filter(must=[_HEAD])
         found: dict[str, dict[str, int]] = {}
         offset = None
         while True:
@@ -227,6 +229,12 @@ class EdgeIndex:
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="edge")
         self._shard: EdgeShard | None = None
         self._changed = False  # since the last flush
+        # The term counts of plain searches (terms.py); None while they are being counted. A
+        # write while they are counted marks its cubes in _dirty, to count again at the end.
+        self._counts: TermCounts | None = None
+        self._dirty: set[str] | None = None
+        self._recount = asyncio.Event()
+        self._loop: asyncio.AbstractEventLoop | None = None
         # Held from reading heads to writing them back (write log and usage both change heads).
         self.writing = asyncio.Lock()
 
@@ -243,6 +251,7 @@ class EdgeIndex:
         return segments.is_dir() and any(segments.iterdir())
 
     async def open(self) -> None:
+        self._loop = asyncio.get_running_loop()
         await self._run(self._open)
 
     def _open(self) -> None:
@@ -265,6 +274,7 @@ class EdgeIndex:
                 self._shard.update(UpdateOperation.create_field_index(field, PayloadSchemaType.Keyword))
             self._shard.update(UpdateOperation.create_field_index("event_time", PayloadSchemaType.Datetime))
             self._shard.update(UpdateOperation.create_field_index(TERMS, PayloadSchemaType.Integer))
+            self._counts = TermCounts()  # nothing to count
             log.info("created empty index at %s", self._path)
 
     async def flush_every(self, seconds: float) -> None:
@@ -325,14 +335,16 @@ class EdgeIndex:
         """Upsert points, then delete by filters; each step is idempotent, so a replay converges."""
 
         def write() -> None:
-            points = []
-            # A new payload for a point that keeps its vectors keeps its BM25 terms too.
-            terms_of = self._stored_terms([p.id for p in upserts if p.keep_vectors])
+            before = self._payloads([p.id for p in upserts], COUNTED_FIELDS)
+            points, after = [], []
             for p in upserts:
                 if p.keep_vectors:
-                    terms = terms_of.get(p.id)
+                    # A new payload for a point that keeps its vectors keeps its BM25 terms too.
+                    terms = before.get(p.id, {}).get(TERMS)
                     payload = {**p.payload, TERMS: terms} if terms is not None else p.payload
                     self.shard.update(UpdateOperation.overwrite_payload([p.id], payload))
+                    if p.id in before:
+                        after.append(payload)
                     continue
                 vectors: dict[str, Any] = {}
                 payload = p.payload
@@ -343,21 +355,113 @@ class EdgeIndex:
                     if p.context is not None:
                         vectors[CONTEXT_DENSE] = p.context
                 points.append(Point(p.id, vectors, payload))
+                after.append(payload)
             if points:
                 self.shard.update(UpdateOperation.upsert_points(points))
+            deleted: list[dict[str, Any]] = []
             for flt in delete_filters:
+                deleted += self._scroll_all(also(flt, _HEAD), COUNTED_FIELDS)
                 self.shard.update(UpdateOperation.delete_points_by_filter(flt))
+            if self._counts is not None:
+                self._counts.change([*before.values(), *deleted], after)
+            elif self._dirty is not None:
+                self._dirty.update(str(p.get("cube")) for p in (*before.values(), *after, *deleted))
 
         self._changed = True
-        await self._run(write)
+        await self._run(self._counting_lost_on_error, write)
 
-    def _stored_terms(self, ids: list[str]) -> dict[str, list[int]]:
-        """The BM25 term ids stored with these points, by id. On the engine's thread."""
+    def _counting_lost_on_error(self, fn) -> None:
+        """``fn()``; when it fails part way, the term counts may no longer match the index, so
+        they are dropped and counted again. On the engine's thread."""
+        try:
+            fn()
+        except BaseException:
+            self._counts = self._dirty = None
+            if self._loop is not None:
+                self._loop.call_soon_threadsafe(self._recount.set)
+            raise
+
+    def _payloads(self, ids: list[str], fields: Sequence[str]) -> dict[str, dict[str, Any]]:
+        """``fields`` of the points that exist among ``ids``, by id. On the engine's thread."""
         if not ids:
             return {}
-        selector = PayloadSelector.Include([TERMS])
-        records = self.shard.retrieve(ids, with_payload=selector, with_vector=False)
-        return {str(r.id): r.payload[TERMS] for r in records if r.payload and TERMS in r.payload}
+        records = self.shard.retrieve(
+            ids, with_payload=PayloadSelector.Include(list(fields)), with_vector=False
+        )
+        return {str(r.id): r.payload or {} for r in records}
+
+    def _scroll_all(self, flt: Filter, fields: Sequence[str]) -> list[dict[str, Any]]:
+        """``fields`` of every point ``flt`` selects. On the engine's thread."""
+        found: list[dict[str, Any]] = []
+        offset = None
+        while True:
+            request = ScrollRequest(
+                offset=offset,
+                limit=1024,
+                filter=flt,
+                with_payload=PayloadSelector.Include(list(fields)),
+                with_vector=False,
+            )
+            records, offset = self.shard.scroll(request)
+            found += (r.payload or {} for r in records)
+            if offset is None:
+                return found
+
+    async def keep_term_counts(self) -> None:
+        """Until cancelled: count the BM25 terms of plain searches (terms.py) over the index as
+        it is, and again whenever a failed write may have left the counts wrong. Counted a page
+        at a time, so searches and writes go on meanwhile; until then, searches count."""
+        while True:
+            started = time.monotonic()
+            try:
+                counted = await self._count_terms()
+            except Exception as err:  # the engine failed: searches count meanwhile
+                log.warning("counting BM25 terms failed (again in 5s): %s", err)
+                await asyncio.sleep(5)
+                continue
+            if counted is not None:
+                log.info(
+                    "counted the BM25 terms of %d memories in %.1fs", counted, time.monotonic() - started
+                )
+                await self._recount.wait()
+            self._recount.clear()
+
+    async def _count_terms(self) -> int | None:
+        """The number of heads counted; None when a write failed meanwhile (counted again)."""
+        counts = TermCounts()
+        heads = 0
+
+        def begin() -> None:
+            self._counts, self._dirty = None, set()
+
+        def page(offset: Any) -> Any:
+            nonlocal heads
+            request = ScrollRequest(
+                offset=offset,
+                limit=1024,
+                filter=Filter(must=[_HEAD]),
+                with_payload=PayloadSelector.Include(list(COUNTED_FIELDS)),
+                with_vector=False,
+            )
+            records, offset = self.shard.scroll(request)
+            counts.change((), (r.payload or {} for r in records))
+            heads += len(records)
+            return offset
+
+        def finish() -> bool:
+            if self._dirty is None:
+                return False
+            for cube in self._dirty:
+                cube_heads = Filter(must=[_HEAD, FieldCondition(key="cube", match=MatchValue(cube))])
+                counts.replace_cube(cube, self._scroll_all(cube_heads, COUNTED_FIELDS))
+            self._counts, self._dirty = counts, None
+            return True
+
+        await self._run(begin)
+        offset = await self._run(page, None)
+        while offset is not None:
+            offset = await self._run(page, offset)
+        return heads if await self._run(finish) else None
 
     async def set_fields(self, updates: dict[str, dict[str, Any]]) -> None:
         """Set payload fields of points, leaving their other fields and vectors as they are.
@@ -365,6 +469,9 @@ class EdgeIndex:
         A few points per engine call: an update costs up to 0.2 ms a point in a large shard, and
         a search waiting for the engine's thread passes between two calls, not behind all of them.
         """
+
+        if any(key in COUNTED_FIELDS for fields in updates.values() for key in fields):
+            raise ValueError("set_fields may not change what term counts depend on: write the point")
 
         def set_fields(part: list[tuple[str, dict[str, Any]]]) -> None:
             for point_id, fields in part:
@@ -393,15 +500,28 @@ class EdgeIndex:
     async def count(self, flt: Filter) -> int:
         return await self._run(lambda: self.shard.count(CountRequest(exact=True, filter=flt)))
 
-    def cube_idf(self, flt: Filter, terms: Sequence[int]) -> SparseVector | None:
+    def cube_idf(
+        self, flt: Filter, terms: Sequence[int], whole_cube: str | None = None
+    ) -> SparseVector | None:
         """A BM25 query vector with the IDF of the points ``flt`` selects (Qdrant's formula,
-        ln(1 + (N - df + 0.5) / (df + 0.5))); terms no such point holds are left out. On the
-        engine's thread."""
-        n = self.shard.count(CountRequest(exact=True, filter=flt))
+        ln(1 + (N - df + 0.5) / (df + 0.5))); terms no such point holds are left out. With
+        ``whole_cube``, ``flt`` selects that cube's live plaintext heads, whose numbers are kept
+        (terms.py); otherwise they are counted. On the engine's thread."""
+        terms = list(dict.fromkeys(terms))
+        if whole_cube is not None and self._counts is not None:
+            n, frequencies = self._counts.frequencies(whole_cube, terms)
+        else:
+            n = self.shard.count(CountRequest(exact=True, filter=flt))
+            frequencies = [
+                self.shard.count(
+                    CountRequest(
+                        exact=True, filter=also(flt, FieldCondition(key=TERMS, match=MatchValue(term)))
+                    )
+                )
+                for term in terms
+            ]
         indices, values = [], []
-        for term in dict.fromkeys(terms):
-            with_term = also(flt, FieldCondition(key=TERMS, match=MatchValue(term)))
-            df = self.shard.count(CountRequest(exact=True, filter=with_term))
+        for term, df in zip(terms, frequencies, strict=True):
             if df:
                 indices.append(term)
                 values.append(math.log(1 + (n - df + 0.5) / (df + 0.5)))
@@ -449,6 +569,7 @@ class EdgeIndex:
         boost: Filter | None = None,
         boost_weight: float = 0.0,
         fields: Sequence[str] = (),
+        whole_cube: str | None = None,
     ) -> list[tuple[dict[str, Any], float]]:
         """The best ``limit`` points by ``dense + sparse_weight * bm25 / max(bm25)``, plus
         ``boost_weight`` for the points that match ``boost`` too, with their payloads (whole, or
@@ -462,6 +583,8 @@ class EdgeIndex:
         With ``boost``, each list is asked again under ``flt`` and ``boost`` together. The
         boosted points are the ones these lists return: a point in a list's ``depth`` best that
         matches ``boost`` is in the boosted list's ``depth`` best too.
+        ``whole_cube``: the cube whose live plaintext heads ``flt`` selects, no more, no fewer
+        (a plain search); BM25's document frequencies are then read, not counted.
         """
 
         def lists_for(sparse: Any, where: Filter) -> list[QueryRequest]:
@@ -472,7 +595,8 @@ class EdgeIndex:
             return QueryRequest(limit=depth, query=Query.Nearest(vector, using=using), filter=where)
 
         def query() -> list[tuple[dict[str, Any], float]]:
-            sparse = self.cube_idf(flt, self._bm25.embed_query(text).indices) if text.strip() else None
+            terms = self._bm25.embed_query(text).indices if text.strip() else []
+            sparse = self.cube_idf(flt, terms, whole_cube) if terms else None
             requests = lists_for(sparse, flt)
             per_filter = len(requests)
             if boost is not None and boost_weight:

@@ -167,6 +167,7 @@ class VaultServicer(vault_pb2_grpc.VaultServiceServicer):
             boost=narrowed(flt, request.boost),
             boost_weight=request.boost_weight,
             fields=records.RECORD_FIELDS,
+            whole_cube=None if request.filter.ByteSize() else cube_id,
         )
         results = [
             memory_pb2.ScoredMemory(memory=memory, score=s)
@@ -305,6 +306,7 @@ async def setup(stack: AsyncExitStack, settings: VaultSettings) -> Component:
     await index.open()
     stack.push_async_callback(index.close)
     run_until_closed(stack, lambda: index.flush_every(settings.index_flush_seconds), "index-flush")
+    run_until_closed(stack, index.keep_term_counts, "term-counts")
     consumers = dict(batch_size=settings.apply_batch_size, ack_wait_seconds=settings.apply_ack_wait_seconds)
     keys = await SubjectKeys.start(stack, js)
     writes = await Applier(

@@ -18,7 +18,10 @@ from memos_sdk.audit import GENESIS, verify_chain
 from memos_sdk.channels import aio_channel
 from memos_sdk.cli import main as memos_cli
 from memos_sdk.wire import Stream, audit_subject
+from services.common.audit import AuditTrail
 from services.common.auth import RELAY_HEADER
+from services.common.bus import ensure_streams
+from services.governance.chain import AuditChain
 from tests.conftest import client_tls, in_process_mesh, mint_token, start_nats
 
 pytestmark = [pytest.mark.integration, pytest.mark.security]
@@ -122,6 +125,40 @@ async def test_a_read_is_recorded_where_it_came_in_and_relaying_is_for_services(
                 )
         assert refused.value.code() == grpc.StatusCode.UNAUTHENTICATED
         assert MemosAPIError.from_rpc_error(refused.value).reason == "RELAY_NOT_A_SERVICE"
+
+
+async def _chained(js, n: int, limit_seconds: float = 10.0) -> list[governance_pb2.AuditRecord]:
+    deadline = time.monotonic() + limit_seconds
+    while True:
+        chained = [r async for r in AuditChain(js).read(1, limit=n + 10)]
+        if len(chained) >= n or time.monotonic() > deadline:
+            return chained
+        await asyncio.sleep(0.05)
+
+
+async def test_reads_go_to_the_inbox_together_one_message_a_cube_and_each_is_chained(nats):
+    nc = await nats_py.connect(nats.url)
+    js = nc.jetstream()
+    await ensure_streams(js)
+    chainer = await AuditChain(js).worker()
+    trail = AuditTrail(js, "scheduler", linger_seconds=0.2)
+    tasks = [asyncio.create_task(chainer.run()), asyncio.create_task(trail.run())]
+    for i in range(6):
+        read = governance_pb2.AuditRecord(
+            principal=f"principals/p{i}", action="/x/Search", cube_id=f"cube-{i % 2}", allowed=True
+        )
+        await trail.record(read, wait=False)
+    await trail.flush()
+    assert (await js.stream_info(Stream.AUDIT_INBOX)).state.last_seq == 2  # one message a cube
+
+    chained = await _chained(js, 6)
+    assert sorted(r.principal for r in chained) == [f"principals/p{i}" for i in range(6)]
+    assert verify_chain(chained).intact
+    assert {r.service for r in chained} == {"scheduler"}
+    for task in tasks:
+        task.cancel()
+    await chainer.stop()
+    await nc.close()
 
 
 def _cli(mesh, argv: list[str]) -> int:

@@ -77,6 +77,8 @@ class Header(StrEnum):
     MSG_ID = "Nats-Msg-Id"
     # On the write log: the subject key (<cube>.<principal id>) a command is sealed with.
     SUBJECT_KEY = "Memos-Subject-Key"
+    # On the audit inbox: the message holds AuditRecords, not one AuditRecord.
+    AUDIT_BATCH = "Memos-Audit-Batch"
     TRACEPARENT = "traceparent"
 
 
