@@ -412,18 +412,19 @@ class EdgeIndex:
         it is, and again whenever a failed write may have left the counts wrong. Counted a page
         at a time, so searches and writes go on meanwhile; until then, searches count."""
         while True:
-            started = time.monotonic()
-            try:
-                counted = await self._count_terms()
-            except Exception as err:  # the engine failed: searches count meanwhile
-                log.warning("counting BM25 terms failed (again in 5s): %s", err)
-                await asyncio.sleep(5)
-                continue
-            if counted is not None:
-                log.info(
-                    "counted the BM25 terms of %d memories in %.1fs", counted, time.monotonic() - started
-                )
-                await self._recount.wait()
+            if self._counts is None:  # a new index starts counted (empty)
+                started = time.monotonic()
+                try:
+                    counted = await self._count_terms()
+                except Exception as err:  # the engine failed: searches count meanwhile
+                    log.warning("counting BM25 terms failed (again in 5s): %s", err)
+                    await asyncio.sleep(5)
+                    continue
+                if counted is None:  # a write failed meanwhile
+                    continue
+                elapsed = time.monotonic() - started
+                log.info("counted the BM25 terms of %d memories in %.1fs", counted, elapsed)
+            await self._recount.wait()
             self._recount.clear()
 
     async def _count_terms(self) -> int | None:
