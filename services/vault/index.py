@@ -365,7 +365,7 @@ class EdgeIndex:
             if self._counts is not None:
                 self._counts.change([*before.values(), *deleted], after)
             elif self._dirty is not None:
-                self._dirty.update(str(p.get("cube")) for p in (*before.values(), *after, *deleted))
+                self._dirty.update(p["cube"] for p in (*before.values(), *after, *deleted) if "cube" in p)
 
         self._changed = True
         await self._run(self._counting_lost_on_error, write)
@@ -390,20 +390,25 @@ class EdgeIndex:
         )
         return {str(r.id): r.payload or {} for r in records}
 
+    def _scroll_page(
+        self, flt: Filter, offset: Any, limit: int, fields: Sequence[str] = ()
+    ) -> tuple[list[dict[str, Any]], Any]:
+        """A page of the payloads ``flt`` selects (whole, or only ``fields``) and the next
+        offset (None after the last). On the engine's thread."""
+        selector = PayloadSelector.Include(list(fields)) if fields else True
+        request = ScrollRequest(
+            offset=offset, limit=limit, filter=flt, with_payload=selector, with_vector=False
+        )
+        records, offset = self.shard.scroll(request)
+        return [r.payload or {} for r in records], offset
+
     def _scroll_all(self, flt: Filter, fields: Sequence[str]) -> list[dict[str, Any]]:
         """``fields`` of every point ``flt`` selects. On the engine's thread."""
         found: list[dict[str, Any]] = []
         offset = None
         while True:
-            request = ScrollRequest(
-                offset=offset,
-                limit=1024,
-                filter=flt,
-                with_payload=PayloadSelector.Include(list(fields)),
-                with_vector=False,
-            )
-            records, offset = self.shard.scroll(request)
-            found += (r.payload or {} for r in records)
+            page, offset = self._scroll_page(flt, offset, 1024, fields)
+            found += page
             if offset is None:
                 return found
 
@@ -437,16 +442,9 @@ class EdgeIndex:
 
         def page(offset: Any) -> Any:
             nonlocal heads
-            request = ScrollRequest(
-                offset=offset,
-                limit=1024,
-                filter=Filter(must=[_HEAD]),
-                with_payload=PayloadSelector.Include(list(COUNTED_FIELDS)),
-                with_vector=False,
-            )
-            records, offset = self.shard.scroll(request)
-            counts.change((), (r.payload or {} for r in records))
-            heads += len(records)
+            payloads, offset = self._scroll_page(Filter(must=[_HEAD]), offset, 1024, COUNTED_FIELDS)
+            counts.change((), payloads)
+            heads += len(payloads)
             return offset
 
         def finish() -> bool:
@@ -489,12 +487,8 @@ class EdgeIndex:
         """A page of the payloads ``flt`` selects (whole, or only ``fields``) and the next offset."""
 
         def scroll() -> tuple[list[dict[str, Any]], str | None]:
-            selector = PayloadSelector.Include(list(fields)) if fields else True
-            request = ScrollRequest(
-                offset=offset, limit=limit, filter=flt, with_payload=selector, with_vector=False
-            )
-            records, next_offset = self.shard.scroll(request)
-            return [r.payload or {} for r in records], (str(next_offset) if next_offset is not None else None)
+            payloads, next_offset = self._scroll_page(flt, offset, limit, fields)
+            return payloads, (str(next_offset) if next_offset is not None else None)
 
         return await self._run(scroll)
 
