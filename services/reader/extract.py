@@ -56,6 +56,16 @@ def _date_prefix(turn: Turn) -> str:
     return f"[{human_date(turn.time)}] " if turn.time else ""
 
 
+def _source(turn: Turn, position: int = 0) -> memory_pb2.SourceRef:
+    """Where an item comes from: its turn, and the turn's time when known."""
+    source = memory_pb2.SourceRef(
+        turn_id=turn.id, session_id=turn.session_id, speaker=turn.speaker, position=position
+    )
+    if turn.time is not None:
+        source.time.CopyFrom(to_timestamp(turn.time))
+    return source
+
+
 def _said(speaker: str, text: str) -> str:
     return f"{speaker}: {text}" if speaker else text
 
@@ -168,13 +178,9 @@ def turn_items(
         memory.speaker = turn.speaker
         if count_tokens(piece.text) <= context_tokens:
             memory.index_context = _context(pieces, i, context_tokens)
-        source = memory_pb2.SourceRef(
-            turn_id=turn.id, session_id=turn.session_id, speaker=turn.speaker, position=base + i + 1
-        )
-        if turn.time is not None:
-            ts = to_timestamp(turn.time)
-            memory.event_time.CopyFrom(ts)
-            source.time.CopyFrom(ts)
+        source = _source(turn, position=base + i + 1)
+        if source.HasField("time"):
+            memory.event_time.CopyFrom(source.time)
         memory.provenance.sources.append(source)
         memory.provenance.request_id = request_id
         memory.provenance.principal = principal
@@ -246,13 +252,7 @@ def _digests(
             said_in = chunk[0][2]
             if said_in.HasField("event_time"):
                 memory.event_time.CopyFrom(said_in.event_time)
-            for turn in dict.fromkeys(turn for turn, _, _ in chunk):
-                source = memory_pb2.SourceRef(
-                    turn_id=turn.id, session_id=turn.session_id, speaker=turn.speaker
-                )
-                if turn.time is not None:
-                    source.time.CopyFrom(to_timestamp(turn.time))
-                memory.provenance.sources.append(source)
+            memory.provenance.sources.extend(_source(turn) for turn in dict.fromkeys(t for t, _, _ in chunk))
             memory.provenance.request_id = said_in.provenance.request_id
             memory.provenance.principal = said_in.provenance.principal
             memory.provenance.producer = "reader/digest"
