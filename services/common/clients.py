@@ -129,7 +129,9 @@ async def listed(
 
 
 async def live_adapters(
-    vault: vault_pb2_grpc.VaultServiceStub, cube_id: str, *, call_seconds: float
+    vault: vault_pb2_grpc.VaultServiceStub, cube_id: str, *, call_seconds: float, learned: str = ""
 ) -> list[memory_pb2.Memory]:
-    """The cube's live adapters (parametric memories)."""
-    return await listed(vault, cube_id, PARAMETRIC, call_seconds=call_seconds)
+    """The cube's live adapters (parametric memories); with ``learned``, only those distilled
+    from the memory of that name."""
+    flt = vault_pb2.MemoryFilter(kinds=PARAMETRIC.kinds, parent_name=learned) if learned else PARAMETRIC
+    return await listed(vault, cube_id, flt, call_seconds=call_seconds)

@@ -172,6 +172,7 @@ class LocalEmbedder:
     def __init__(self, export_dir: Path, *, dim: int, threads: int, int8: bool = False) -> None:
         graph = int8_graph(export_dir) if int8 else GRAPH
         self._encoder = OnnxEncoder(export_dir, threads=threads, graph=graph)
+        self._encoder.encode(["warm-up"])  # the first run sets the session up: not the first query's cost
         self._dim = dim
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="query-embed")
 

@@ -133,8 +133,11 @@ class Distiller:
         )
         return [m.name for m in live]
 
-    async def adapters(self, cube_id: str) -> list[memory_pb2.Memory]:
-        return await live_adapters(self._vault, cube_id, call_seconds=self._settings.vault_timeout_seconds)
+    async def adapters(self, cube_id: str, *, learned: str = "") -> list[memory_pb2.Memory]:
+        """The cube's live adapters; with ``learned``, those distilled from that memory."""
+        return await live_adapters(
+            self._vault, cube_id, call_seconds=self._settings.vault_timeout_seconds, learned=learned
+        )
 
 
 class StaleAdapters:
@@ -188,9 +191,7 @@ class StaleAdapters:
         if not name:
             return
         cube_id, _ = validation.memory_name(name)
-        for adapter in await self._distiller.adapters(cube_id):
-            if name not in adapter.lineage.parent_names:
-                continue
+        for adapter in await self._distiller.adapters(cube_id, learned=name):
 
             def mark(m: memory_pb2.Memory) -> None:
                 m.adapter.stale = True

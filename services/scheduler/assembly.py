@@ -84,7 +84,7 @@ def assemble(
         for item in _spans(list(candidates), join_ratio, max_span, reply_tokens, replies)
     ]
     items.sort(key=lambda item: -item.score)  # stable: equal scores keep the candidates' order
-    texts = {_normal(item.text) for item in items}
+    texts: set[str] | None = None  # every item's text, normalised: made when a span is cut
     chosen: list[Assembled] = []
     used = 0
 
@@ -96,6 +96,8 @@ def assemble(
             break
         if not fits(item) and len(item.span) > 1:
             item = _item(item.memory, item.score, (item.memory,))  # its best memory alone
+            if texts is None:
+                texts = {_normal(other.text) for other in items}
             if _normal(item.text) in texts:
                 continue
         if fits(item):
