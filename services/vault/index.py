@@ -190,6 +190,17 @@ def older_layouts(data_dir: Path) -> list[Path]:
     return [path for _, path in sorted(older, reverse=True)]
 
 
+def _scroll(
+    shard: EdgeShard, flt: Filter, offset: Any, limit: int, fields: Sequence[str] = ()
+) -> tuple[list, Any]:
+    """A page of the records ``flt`` selects, with their whole payloads or only ``fields``, and
+    the next offset (None after the last)."""
+    selector = PayloadSelector.Include(list(fields)) if fields else True
+    return shard.scroll(
+        ScrollRequest(offset=offset, limit=limit, filter=flt, with_payload=selector, with_vector=False)
+    )
+
+
 def usage_in(path: Path) -> dict[str, dict[str, int]]:
     """The usage fields of every head with any use in the index at ``path`` (of any layout), by
     point id. Usage is folded into the index, not written to the log, so an index rebuilt from
@@ -200,15 +211,7 @@ def usage_in(path: Path) -> dict[str, dict[str, int]]:
         found: dict[str, dict[str, int]] = {}
         offset = None
         while True:
-            page, offset = shard.scroll(
-                ScrollRequest(
-                    offset=offset,
-                    limit=1024,
-                    filter=heads,
-                    with_payload=PayloadSelector.Include(list(USAGE_FIELDS)),
-                    with_vector=False,
-                )
-            )
+            page, offset = _scroll(shard, heads, offset, 1024, USAGE_FIELDS)
             for record in page:
                 fields = record.payload or {}
                 if fields.get("usage_seq"):
@@ -395,11 +398,7 @@ class EdgeIndex:
     ) -> tuple[list[dict[str, Any]], Any]:
         """A page of the payloads ``flt`` selects (whole, or only ``fields``) and the next
         offset (None after the last). On the engine's thread."""
-        selector = PayloadSelector.Include(list(fields)) if fields else True
-        request = ScrollRequest(
-            offset=offset, limit=limit, filter=flt, with_payload=selector, with_vector=False
-        )
-        records, offset = self.shard.scroll(request)
+        records, offset = _scroll(self.shard, flt, offset, limit, fields)
         return [r.payload or {} for r in records], offset
 
     def _scroll_all(self, flt: Filter, fields: Sequence[str]) -> list[dict[str, Any]]:
@@ -451,8 +450,8 @@ class EdgeIndex:
             if self._dirty is None:
                 return False
             for cube in self._dirty:
-                cube_heads = Filter(must=[_HEAD, FieldCondition(key="cube", match=MatchValue(cube))])
-                counts.replace_cube(cube, self._scroll_all(cube_heads, COUNTED_FIELDS))
+                plain_search = memory_filter(cube, Role.HEAD)  # what TermCounts counts of a cube
+                counts.replace_cube(cube, self._scroll_all(plain_search, COUNTED_FIELDS))
             self._counts, self._dirty = counts, None
             return True
 
