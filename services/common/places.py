@@ -2,7 +2,9 @@
 
 The reader numbers the pieces of the turns it reads in one request in order (``SourceRef.position``),
 so a piece's place is its session and number, and the piece said right after it is at the next
-number. A memory drawn from several turns, or from none in order (a statement), has no place.
+number; a turn's pieces are numbered one after the other (``SourceRef.piece`` counts them), so the
+turn said before a piece's turn ends right before the turn's first piece. A memory drawn from
+several turns, or from none in order (a statement), has no place.
 """
 
 from __future__ import annotations
@@ -22,6 +24,15 @@ def place(memory: memory_pb2.Memory) -> Place | None:
 def after(at: Place) -> Place:
     """The place of the piece said right after the one at ``at``."""
     return at[0], at[1] + 1
+
+
+def turn_before(memory: memory_pb2.Memory) -> Place | None:
+    """The place of the last piece of the turn said before ``memory``'s turn, if it has a place."""
+    at = place(memory)
+    if at is None:
+        return None
+    position = at[1] - memory.provenance.sources[0].piece - 1
+    return (at[0], position) if position > 0 else None
 
 
 def place_key(at: Place) -> str:

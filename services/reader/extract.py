@@ -56,10 +56,10 @@ def _date_prefix(turn: Turn) -> str:
     return f"[{human_date(turn.time)}] " if turn.time else ""
 
 
-def _source(turn: Turn, position: int = 0) -> memory_pb2.SourceRef:
+def _source(turn: Turn, position: int = 0, piece: int = 0) -> memory_pb2.SourceRef:
     """Where an item comes from: its turn, and the turn's time when known."""
     source = memory_pb2.SourceRef(
-        turn_id=turn.id, session_id=turn.session_id, speaker=turn.speaker, position=position
+        turn_id=turn.id, session_id=turn.session_id, speaker=turn.speaker, position=position, piece=piece
     )
     if turn.time is not None:
         source.time.CopyFrom(to_timestamp(turn.time))
@@ -178,7 +178,7 @@ def turn_items(
         memory.speaker = turn.speaker
         if count_tokens(piece.text) <= context_tokens:
             memory.index_context = _context(pieces, i, context_tokens)
-        source = _source(turn, position=base + i + 1)
+        source = _source(turn, position=base + i + 1, piece=piece.index)
         if source.HasField("time"):
             memory.event_time.CopyFrom(source.time)
         memory.provenance.sources.append(source)

@@ -2,7 +2,8 @@
 
 Neighbouring pieces of one session that match well together are joined into one span under a
 single date line, in session order, and so is the reply to a question that matched, which is
-usually the answer; one span costs fewer tokens than its pieces as separate items.
+usually the answer, and the question a reply that matched answers, which tells what the asker
+wanted and why; one span costs fewer tokens than its pieces as separate items.
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ from dataclasses import dataclass, replace
 from memos.type.v1 import memory_pb2
 from memos_sdk.tokens import count_tokens
 from services.common.memory_text import DATE_PREFIX, said
-from services.common.places import Place, asks, place
+from services.common.places import Place, asks, place, turn_before
 
 
 @dataclass(frozen=True, slots=True)
@@ -55,6 +56,8 @@ def assemble(
     max_span: int = 4,
     reply_tokens: int = 60,
     replies: Sequence[memory_pb2.Memory] = (),
+    question_tokens: int = 60,
+    questions: Sequence[memory_pb2.Memory] = (),
     length_cost: float = 0.0,
     free_tokens: int = 120,
 ) -> list[Assembled]:
@@ -63,6 +66,11 @@ def assemble(
     is among the candidates or ``replies`` and has at most ``reply_tokens`` (0: never); a longer
     reply would cost more of the budget than the answer in it is worth. ``max_span`` memories at
     most. ``replies`` join spans only: they are not items of their own.
+
+    Likewise a span around a piece of a reply takes the question the reply answers (the end of
+    the turn before it, by another speaker), when that is among the candidates or ``questions``
+    and has at most ``question_tokens`` (0: never): what was asked tells what the asker wanted
+    and why, which the reply rarely repeats.
 
     Items are then ranked by their score less ``length_cost`` for every 100 tokens beyond
     ``free_tokens``: a long span fills the budget that several short items would share, so it has
@@ -81,7 +89,9 @@ def assemble(
     """
     items = [
         replace(item, score=item.score - length_cost * max(0, item.tokens - free_tokens) / 100)
-        for item in _spans(list(candidates), join_ratio, max_span, reply_tokens, replies)
+        for item in _spans(
+            list(candidates), join_ratio, max_span, reply_tokens, question_tokens, (*replies, *questions)
+        )
     ]
     items.sort(key=lambda item: -item.score)  # stable: equal scores keep the candidates' order
     texts: set[str] | None = None  # every item's text, normalised: made when a span is cut
@@ -116,11 +126,13 @@ def _spans(
     join_ratio: float,
     max_span: int,
     reply_tokens: int,
-    replies: Sequence[memory_pb2.Memory],
+    question_tokens: int,
+    joiners: Sequence[memory_pb2.Memory],
 ) -> list[Assembled]:
-    """Every candidate's span, best first; a memory joins the first span that takes it."""
-    anchors = len(ranked)  # the replies after them only join spans
-    ranked += [memory_pb2.ScoredMemory(memory=m, score=0.0) for m in replies]
+    """Every candidate's span, best first; a memory joins the first span that takes it.
+    ``joiners`` (the replies and questions fetched) only join spans."""
+    anchors = len(ranked)
+    ranked += [memory_pb2.ScoredMemory(memory=m, score=0.0) for m in joiners]
     places = [place(c.memory) for c in ranked]
     at: dict[Place, int] = {}
     for i, where in enumerate(places):
@@ -156,6 +168,17 @@ def _spans(
             anchor = piece_saying(words, candidate.memory)
         members = [i] if anchor is None else [anchor]
         where = places[anchor] if anchor is not None else None
+        if where and question_tokens and max_span > 1:
+            asked = turn_before(ranked[anchor].memory)
+            j = at.get(asked) if asked else None
+            if (
+                j is not None
+                and j not in taken
+                and ranked[j].memory.speaker != ranked[anchor].memory.speaker
+                and asks(ranked[j].memory)
+                and count_tokens(ranked[j].memory.text) <= question_tokens
+            ):
+                members.append(j)  # the question the reply answers, whatever it scores
         # Neighbours join as they would join the piece.
         reference = ranked[anchor].score if anchor is not None else candidate.score
         if where and reference > 0 and max_span > 1:
@@ -165,6 +188,9 @@ def _spans(
                     j = at.get((where[0], position))
                     if j is None or j in taken:
                         break
+                    if j in members:  # the question, already in
+                        position += step
+                        continue
                     # The reply to a question in the span is its answer, however it scores.
                     before = at[(where[0], position - 1)] if step == 1 else None
                     answers = (

@@ -87,8 +87,10 @@ class Retriever:
                     filter=memory_filter,
                     boost=boost,
                     boost_weight=self._settings.time_boost if boost else 0.0,
-                    # Items grow mostly from the first top_k candidates; a reply costs a read.
+                    # Items grow mostly from the first top_k candidates; replies and questions
+                    # cost one read.
                     replies=top_k if self._settings.reply_tokens else 0,
+                    questions=top_k if self._settings.question_tokens else 0,
                 ),
                 timeout=self._settings.vault_timeout_seconds,
             )
@@ -100,6 +102,8 @@ class Retriever:
             max_span=self._settings.max_span,
             reply_tokens=self._settings.reply_tokens,
             replies=found.replies,
+            question_tokens=self._settings.question_tokens,
+            questions=found.questions,
             length_cost=self._settings.length_cost,
             free_tokens=self._settings.free_tokens,
         )

@@ -33,6 +33,12 @@ class SchedulerSettings(ServiceSettings, QueryEmbedderSettings, GeneratorSetting
         ge=0,
         description="a reply this short joins the question before it in a span whatever it scores (0: never)",
     )
+    question_tokens: int = Field(
+        60,
+        ge=0,
+        description="the question a reply answers, this short, joins the reply's span whatever it scores "
+        "(0: never)",
+    )
     length_cost: float = Field(
         0.1,
         ge=0,

@@ -145,10 +145,11 @@ class VaultServicer(vault_pb2_grpc.VaultServiceServicer):
             raise InvalidArgument("give text, an embedding, or both", reason="EMPTY_QUERY")
         if not 0 <= request.boost_weight <= 1:
             raise InvalidArgument("boost_weight must be 0..1", reason="INVALID_BOOST", field="boost_weight")
-        if not 0 <= request.replies <= MAX_QUERY_LIMIT:
-            raise InvalidArgument(
-                f"replies must be 0..{MAX_QUERY_LIMIT}", reason="INVALID_REPLIES", field="replies"
-            )
+        for field in ("replies", "questions"):
+            if not 0 <= getattr(request, field) <= MAX_QUERY_LIMIT:
+                raise InvalidArgument(
+                    f"{field} must be 0..{MAX_QUERY_LIMIT}", reason=f"INVALID_{field.upper()}", field=field
+                )
         if request.boost.states or request.boost.kinds:
             raise InvalidArgument(
                 "boost may not name states or kinds (filter does)", reason="INVALID_BOOST", field="boost"
@@ -176,28 +177,42 @@ class VaultServicer(vault_pb2_grpc.VaultServiceServicer):
             for memory in records.readable([p], self._keys)
         ]
         results = results[:limit]
-        replies = await self._replies(flt, [r.memory for r in results], request.replies)
-        for memory in (*(r.memory for r in results), *replies):
+        replies, questions = await self._exchanges(
+            flt, [r.memory for r in results], request.replies, request.questions
+        )
+        for memory in (*(r.memory for r in results), *replies, *questions):
             memory.ClearField("index_context")  # an index key, never injected
-        return vault_pb2.QueryResponse(results=results, replies=replies)
+        return vault_pb2.QueryResponse(results=results, replies=replies, questions=questions)
 
-    async def _replies(
-        self, flt: Filter, found: list[memory_pb2.Memory], first: int
-    ) -> list[memory_pb2.Memory]:
-        """The memories that ``flt`` selects said right after each of the ``first`` memories of
-        ``found`` that asks, leaving out those ``found`` holds."""
+    async def _exchanges(
+        self, flt: Filter, found: list[memory_pb2.Memory], replies: int, questions: int
+    ) -> tuple[list[memory_pb2.Memory], list[memory_pb2.Memory]]:
+        """The memories that ``flt`` selects said right after each of the first ``replies``
+        memories of ``found`` that asks, and the questions that the first ``questions`` answer
+        (see QueryRequest), leaving out those ``found`` holds; read in one scroll."""
         have = {at for m in found if (at := places.place(m))}
-        wanted = {
-            places.place_key(nxt)
-            for m in found[:first]
+        after = {
+            nxt
+            for m in found[:replies]
             if places.asks(m) and (at := places.place(m)) and (nxt := places.after(at)) not in have
         }
-        if not wanted:
-            return []
-        payloads, _ = await self._index.scroll(
-            at_places(flt, sorted(wanted)), None, len(wanted), records.RECORD_FIELDS
-        )
-        return records.readable(payloads, self._keys)
+        answered_by = {
+            before: m.speaker
+            for m in found[:questions]
+            if (before := places.turn_before(m)) and before not in have
+        }
+        if not after and not answered_by:
+            return [], []
+        keys = sorted({places.place_key(at) for at in (*after, *answered_by)})
+        payloads, _ = await self._index.scroll(at_places(flt, keys), None, len(keys), records.RECORD_FIELDS)
+        said_after, asked = [], []
+        for memory in records.readable(payloads, self._keys):
+            at = places.place(memory)
+            if at in after:
+                said_after.append(memory)
+            if at in answered_by and places.asks(memory) and memory.speaker != answered_by[at]:
+                asked.append(memory)
+        return said_after, asked
 
     async def UpdateMemory(self, request, context):
         request_id = validation.request_id(request.request_id) or uuid.uuid4().hex

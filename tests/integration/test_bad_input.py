@@ -156,11 +156,12 @@ async def test_query_with_a_bad_boost(mesh, boost):
     assert "INVALID_BOOST" in str(err.value.trailing_metadata())
 
 
-async def test_query_asking_too_many_replies(mesh):
+@pytest.mark.parametrize("field", ["replies", "questions"])
+async def test_query_asking_too_many_replies_or_questions(mesh, field):
     with pytest.raises(grpc.aio.AioRpcError) as err:
-        await mesh.client.vault.Query(vault_pb2.QueryRequest(cube_id="demo", text="q", replies=201))
+        await mesh.client.vault.Query(vault_pb2.QueryRequest(cube_id="demo", text="q", **{field: 201}))
     assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
-    assert "INVALID_REPLIES" in str(err.value.trailing_metadata())
+    assert f"INVALID_{field.upper()}" in str(err.value.trailing_metadata())
 
 
 async def test_bad_preload_and_document_requests(mesh):

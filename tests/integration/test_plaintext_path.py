@@ -156,6 +156,24 @@ async def test_a_statement_inside_a_long_turn_is_found_and_stands_for_the_turn(m
     assert not any(request in r.text or packing in r.text for r in found)
 
 
+async def _fetched_beside(mesh, cube, question, field, expected, other_speaker):
+    """Ask the vault for the best memory with its ``field`` (replies or questions): they are the
+    ``expected`` texts, come without index_context, only when asked for, and match the filter."""
+
+    async def best(**fields):
+        return await mesh.client.vault.Query(
+            vault_pb2.QueryRequest(cube_id=cube, text=question, limit=1, **fields)
+        )
+
+    found = await best(**{field: 1})
+    assert [m.text for m in getattr(found, field)] == expected
+    assert not getattr(found, field)[0].index_context
+    assert not getattr(await best(), field)
+    only_other = vault_pb2.MemoryFilter(speaker=other_speaker)
+    assert not getattr(await best(**{field: 1}, filter=only_other), field)
+    return found
+
+
 async def test_the_reply_to_a_question_comes_with_it_though_it_shares_no_word(mesh, cube):
     turns = [
         ("Nate", "Congrats on finishing it! What genre is your screenplay?"),
@@ -172,21 +190,41 @@ async def test_the_reply_to_a_question_comes_with_it_though_it_shares_no_word(me
     )
     question = "What genre is the screenplay?"
 
-    async def query(**fields):
-        return await mesh.client.vault.Query(
-            vault_pb2.QueryRequest(cube_id=cube, text=question, limit=1, **fields)
-        )
-
-    found = await query(replies=1)
+    found = await _fetched_beside(
+        mesh, cube, question, "replies", ["Joanna: A mix of drama and romance!"], other_speaker="Nate"
+    )
     assert [r.memory.text for r in found.results] == [f"Nate: {turns[0][1]}"]
-    assert [m.text for m in found.replies] == ["Joanna: A mix of drama and romance!"]
-    assert not found.replies[0].index_context
-    assert not (await query()).replies
-    # The filter holds for replies too.
-    assert not (await query(replies=1, filter=vault_pb2.MemoryFilter(speaker="Nate"))).replies
     # A search puts the reply in the question's span.
     top = (await mesh.client.search(cube, question, top_k=1)).results[0]
     assert [s.turn_id for m in top.span for s in m.provenance.sources][:2] == ["D1:1", "D1:2"]
+
+
+async def test_a_reply_comes_with_the_question_it_answers(mesh, cube):
+    asked = "How should I fill my 40-minute bus commute each way?"
+    padding = " ".join(f"Tip {i}: keep a small notebook and write down one idea per stop." for i in range(8))
+    answer = "For history, try Hardcore History by Dan Carlin, a long-form podcast series."
+    await mesh.client.add_messages(
+        cube,
+        [
+            {"id": "T1", "speaker": "user", "text": asked, "session_id": "S1"},
+            {
+                "id": "T2",
+                "speaker": "assistant",
+                "text": f"{padding}\n\n{padding}\n\n{answer}",
+                "session_id": "S1",
+            },
+        ],
+        wait_applied=True,
+    )
+    question = "Which history podcast series by Dan Carlin was recommended?"
+
+    found = await _fetched_beside(mesh, cube, question, "questions", [f"user: {asked}"], "assistant")
+    (hit,) = found.results
+    assert answer in hit.memory.text and hit.memory.provenance.sources[0].piece > 0
+    # A search puts the question in the reply's span, before it.
+    top = (await mesh.client.search(cube, question, top_k=1)).results[0]
+    assert [s.turn_id for m in top.span for s in m.provenance.sources][:2] == ["T1", "T2"]
+    assert top.text.startswith(f"user: {asked} assistant: ")
 
 
 async def test_a_retried_request_writes_nothing_twice(mesh, cube):

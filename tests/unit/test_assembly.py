@@ -30,10 +30,11 @@ def test_exact_repeats_are_dropped():
     assert [c.memory.name for c in chosen] == ["m0", "m2"]
 
 
-def _turn(name, text, score, position, session="S1"):
-    memory = memory_pb2.Memory(name=name, text=text)
+def _turn(name, text, score, position, session="S1", piece=0):
+    said = text.split("] ")[-1]  # "[8 May 2023] Mel: ..." is said by Mel
+    memory = memory_pb2.Memory(name=name, text=text, speaker=said.split(":")[0] if ":" in said else "")
     memory.provenance.sources.append(
-        memory_pb2.SourceRef(turn_id=name, session_id=session, position=position)
+        memory_pb2.SourceRef(turn_id=name, session_id=session, position=position, piece=piece)
     )
     return memory_pb2.ScoredMemory(memory=memory, score=score)
 
@@ -70,9 +71,43 @@ def test_the_reply_to_a_question_joins_it_however_it_scores():
     piece = _turn("S1:4", "[8 May 2023] user: I got 25 new postcards. Where can I frame them?", 0.6, 5)
     reply = _turn("r", "[8 May 2023] assistant: Try a craft store.", 0.2, 6)
     assert [m.name for m in assemble([fact, piece, reply], top_k=10, token_budget=0)[0].span] == ["f"]
-    # the question before a hit is not joined unless it scores
-    answer_first = [_turn("a", "Caroline: A sunset.", 1.0, 6), _turn("q", "Mel: What did you paint?", 0.2, 5)]
-    assert [len(c.span) for c in assemble(answer_first, top_k=10, token_budget=0)] == [1, 1]
+    # the turn before a hit is not joined unless it scores, or asks what the hit answers
+    told_first = [_turn("a", "Caroline: A sunset.", 1.0, 6), _turn("t", "Mel: I painted too.", 0.2, 5)]
+    assert [len(c.span) for c in assemble(told_first, top_k=10, token_budget=0)] == [1, 1]
+
+
+def test_a_reply_takes_the_question_it_answers_however_it_scores():
+    # the hit is the third piece of a long reply; the question ends right before the reply
+    reply = _turn(
+        "r", "[26 May 2023] assistant: Keep the history podcasts for the ride home.", 1.0, 8, piece=2
+    )
+    far = _turn("far", "[9 May 2023] user: Unrelated.", 0.9, 40)
+    asked = _turn("q", "[26 May 2023] user: How should I plan podcasts for my 40-minute commute?", 0.1, 5)
+    told = _turn("t", "[26 May 2023] user: I like history.", 0.1, 5)
+    me = _turn("m", "[26 May 2023] assistant: Shall I go on?", 0.1, 5)
+
+    def spans(*candidates, **options):
+        chosen = assemble(candidates, top_k=10, token_budget=0, **options)
+        return [[m.name for m in c.span] for c in chosen]
+
+    # fetched by the vault, it joins the span and is no item of its own
+    chosen = assemble([reply, far], top_k=10, token_budget=0, questions=[asked.memory])
+    assert [[m.name for m in c.span] for c in chosen] == [["q", "r"], ["far"]]
+    assert chosen[0].text == (
+        "[26 May 2023] user: How should I plan podcasts for my 40-minute commute? "
+        "assistant: Keep the history podcasts for the ride home."
+    )
+    assert spans(reply, far, asked) == [["q", "r"], ["far"]]  # among the candidates, the same
+    # too long, not a question, or said by the replier: it stays out
+    assert spans(reply, far, asked, question_tokens=5) == [["r"], ["far"], ["q"]]
+    assert spans(reply, far, told) == [["r"], ["far"], ["t"]]
+    assert spans(reply, far, me) == [["r"], ["far"], ["m"]]
+    assert spans(reply, far, asked, question_tokens=0) == [["r"], ["far"], ["q"]]
+    # neighbours still join past it, and the question counts toward max_span
+    before = _turn("b", "[26 May 2023] assistant: Podcasts are great on a bus.", 0.8, 4)
+    solo = _turn("r", "[26 May 2023] assistant: Start with history.", 1.0, 6)
+    assert spans(solo, asked, before) == [["b", "q", "r"]]
+    assert spans(solo, asked, before, max_span=2) == [["q", "r"], ["b"]]
 
 
 def test_a_reply_the_vault_added_joins_its_question_and_is_no_item_of_its_own():

@@ -5,6 +5,7 @@ from google.protobuf import timestamp_pb2
 
 from memos.type.v1 import memory_pb2
 from memos_sdk.tokens import count_tokens
+from services.common import places
 from services.reader.extract import (
     Turn,
     chunk_text,
@@ -105,9 +106,21 @@ def test_long_turns_become_pieces_with_the_same_source_and_consecutive_positions
     assert {s.turn_id for i in items for s in i.provenance.sources} == {"S1:0"}
     positions = [i.provenance.sources[0].position for i in items]
     assert positions == list(range(positions[0], positions[0] + len(items)))
+    assert [i.provenance.sources[0].piece for i in items] == list(range(len(items)))
     assert len({i.memory_id for i in items}) == len(items)
     words = " ".join(i.text.split(": ", 1)[1] for i in items).split()
     assert words == long_text.split()
+
+
+def test_the_turn_before_a_piece_ends_right_before_its_turns_first_piece():
+    long_text = " ".join(f"Sentence number {i} says something new." for i in range(30))
+    items = turn_items(
+        "c1", _session(("user", "How do I plan my commute?"), ("assistant", long_text)), piece_tokens=40,
+        context_tokens=0, request_id="r1", principal="p", now=NOW,
+    )  # fmt: skip
+    question, *reply = items
+    assert len(reply) > 2
+    assert {places.turn_before(piece) for piece in reply} == {places.place(question)}
 
 
 def test_short_turns_are_indexed_with_their_neighbours_in_the_same_session():
