@@ -76,6 +76,10 @@ def assemble(
     ``free_tokens``: a long span fills the budget that several short items would share, so it has
     to match better to come first. That rank score is the score an item reports.
 
+    An item all of whose turns earlier items already show (another piece of a long turn that an
+    earlier span carries, say) goes after every item that shows a turn not yet shown: it says
+    more of what is already there.
+
     ``token_budget`` 0 means no limit. A span that does not fit is tried as its best memory
     alone (its other members are not offered again); an item that still does not fit is skipped,
     not truncated: the text a client receives is always made of whole memories. Exact repeats are
@@ -94,6 +98,7 @@ def assemble(
         )
     ]
     items.sort(key=lambda item: -item.score)  # stable: equal scores keep the candidates' order
+    items = _new_turns_first(items)
     texts: set[str] | None = None  # every item's text, normalised: made when a span is cut
     chosen: list[Assembled] = []
     used = 0
@@ -114,6 +119,20 @@ def assemble(
             used += item.tokens
             chosen.append(item)
     return chosen
+
+
+def _new_turns_first(items: list[Assembled]) -> list[Assembled]:
+    """``items`` in order, those whose turns all show in earlier ones moved after the rest."""
+    shown: set[str] = set()
+    new, again = [], []
+    for item in items:
+        turns = {s.turn_id for m in item.span for s in m.provenance.sources if s.turn_id}
+        if turns and turns <= shown:
+            again.append(item)
+        else:
+            new.append(item)
+            shown |= turns
+    return new + again
 
 
 def _item(memory: memory_pb2.Memory, score: float, span: tuple[memory_pb2.Memory, ...]) -> Assembled:

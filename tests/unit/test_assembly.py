@@ -212,3 +212,18 @@ def test_a_long_span_must_match_better_to_come_before_short_items():
     assert [c.memory.name for c in assemble(candidates, top_k=1, token_budget=0, length_cost=0.1)] == [
         "short"
     ]
+
+
+def test_items_that_show_only_turns_shown_before_come_after_new_turns():
+    first, second = (
+        _turn("p1", "assistant: Take the JR line.", 1.0, 11),
+        _turn("p2", "assistant: Or a taxi.", 0.9, 12),
+    )
+    for memory in (first.memory, second.memory):
+        memory.provenance.sources[0].turn_id = "S1:3"  # two pieces of one long turn
+    other = _turn("S1:6", "user: I have a Suica card.", 0.5, 20)
+    chosen = assemble([first, second, other], top_k=10, token_budget=0, join_ratio=0.95)
+    assert [c.memory.name for c in chosen] == ["p1", "S1:6", "p2"]
+    # with no turns to tell them apart (documents), the rank order stays
+    plain = _candidates("a", "b", "c")
+    assert [c.memory.name for c in assemble(plain, top_k=10, token_budget=0)] == ["m0", "m1", "m2"]
