@@ -35,6 +35,12 @@ def turn_before(memory: memory_pb2.Memory) -> Place | None:
     return (at[0], position) if position > 0 else None
 
 
+def asks_for(question: memory_pb2.Memory, reply: memory_pb2.Memory) -> bool:
+    """Whether ``question``, said in the turn before ``reply``'s, is what ``reply`` answers: it
+    asks, and another speaker said it."""
+    return asks(question) and question.speaker != reply.speaker
+
+
 def place_key(at: Place) -> str:
     """A place as one string, for an index field."""
     return f"{at[0]}#{at[1]}"

@@ -14,7 +14,7 @@ from dataclasses import dataclass, replace
 from memos.type.v1 import memory_pb2
 from memos_sdk.tokens import count_tokens
 from services.common.memory_text import DATE_PREFIX, said
-from services.common.places import Place, asks, place, turn_before
+from services.common.places import Place, asks, asks_for, place, turn_before
 
 
 @dataclass(frozen=True, slots=True)
@@ -193,8 +193,7 @@ def _spans(
             if (
                 j is not None
                 and j not in taken
-                and ranked[j].memory.speaker != ranked[anchor].memory.speaker
-                and asks(ranked[j].memory)
+                and asks_for(ranked[j].memory, ranked[anchor].memory)
                 and count_tokens(ranked[j].memory.text) <= question_tokens
             ):
                 members.append(j)  # the question the reply answers, whatever it scores

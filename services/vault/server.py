@@ -197,9 +197,7 @@ class VaultServicer(vault_pb2_grpc.VaultServiceServicer):
             if places.asks(m) and (at := places.place(m)) and (nxt := places.after(at)) not in have
         }
         answered_by = {
-            before: m.speaker
-            for m in found[:questions]
-            if (before := places.turn_before(m)) and before not in have
+            before: m for m in found[:questions] if (before := places.turn_before(m)) and before not in have
         }
         if not after and not answered_by:
             return [], []
@@ -210,7 +208,7 @@ class VaultServicer(vault_pb2_grpc.VaultServiceServicer):
             at = places.place(memory)
             if at in after:
                 said_after.append(memory)
-            if at in answered_by and places.asks(memory) and memory.speaker != answered_by[at]:
+            if at in answered_by and places.asks_for(memory, answered_by[at]):
                 asked.append(memory)
         return said_after, asked
 
