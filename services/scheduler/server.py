@@ -63,15 +63,10 @@ class SchedulerServicer(scheduler_pb2_grpc.SchedulerServiceServicer):
             if request.HasField("reference_time")
             else None,
         )
-        return scheduler_pb2.SearchResponse(
-            results=[
-                scheduler_pb2.SearchResult(
-                    memory=c.memory, score=c.score, tokens=c.tokens, text=c.text, span=c.span
-                )
-                for c in chosen
-            ],
-            total_tokens=sum(c.tokens for c in chosen),
-        )
+        response = scheduler_pb2.SearchResponse(total_tokens=sum(c.tokens for c in chosen))
+        for c in chosen:  # added in place: a result built apart is copied again into the list
+            response.results.add(memory=c.memory, score=c.score, tokens=c.tokens, text=c.text, span=c.span)
+        return response
 
     async def Chat(self, request, context):
         async for response in self._chat.run(request):

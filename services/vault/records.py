@@ -123,6 +123,14 @@ RECORD_FIELDS = ("memory_id", "record", "key", "access_count", "last_access_ns")
 
 def memory_of(fields: dict[str, object], keys: SubjectKeys) -> memory_pb2.Memory:
     """The record, opened; Erased when its subject key was destroyed."""
+    memory = memory_pb2.Memory()
+    read_into(memory, fields, keys)
+    return memory
+
+
+def read_into(memory: memory_pb2.Memory, fields: Mapping[str, object], keys: SubjectKeys) -> None:
+    """``memory`` made the record, opened in place (no copy into a reply); Erased when its subject
+    key was destroyed."""
     data = binascii.a2b_base64(str(fields["record"]))
     key_id = fields.get("key")
     if key_id:
@@ -130,9 +138,8 @@ def memory_of(fields: dict[str, object], keys: SubjectKeys) -> memory_pb2.Memory
         if key is None:
             raise Erased(str(key_id))
         data = unseal(str(key_id), key, data)
-    memory = memory_pb2.Memory.FromString(data)
+    memory.ParseFromString(data)
     set_usage(memory, fields)
-    return memory
 
 
 def set_usage(memory: memory_pb2.Memory, fields: Mapping[str, object]) -> None:
