@@ -113,6 +113,7 @@ def embedded_texts(bundle: dict, settings: ReaderSettings) -> list[list[str]]:
             request_id=str(session.get("id", "")),
             principal="bench",
             now=timestamp_pb2.Timestamp(),
+            numbered_from={},  # numbers change no text
         )
         batches.append([i.text for i in embedded(items)])
     return batches

@@ -17,6 +17,13 @@ BUCKETS = {
     ),
     Bucket.ACL: KeyValueConfig(bucket=Bucket.ACL, history=5, storage=StorageType.FILE),
     Bucket.PRINCIPALS: KeyValueConfig(bucket=Bucket.PRINCIPALS, history=1, storage=StorageType.FILE),
+    Bucket.SESSION_NUMBERS: KeyValueConfig(
+        bucket=Bucket.SESSION_NUMBERS, history=1, storage=StorageType.FILE
+    ),
+    # Long enough for any retry of a request; the write log's duplicate window is far shorter.
+    Bucket.NUMBER_GRANTS: KeyValueConfig(
+        bucket=Bucket.NUMBER_GRANTS, history=1, storage=StorageType.FILE, ttl=24 * 3600
+    ),
 }
 
 

@@ -5,7 +5,8 @@ from __future__ import annotations
 import datetime as dt
 import hashlib
 import re
-from collections.abc import Sequence
+from collections import Counter
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -91,6 +92,11 @@ def turn_pieces(turns: Sequence[Turn], piece_tokens: int) -> list[Piece]:
     return pieces
 
 
+def pieces_per_session(turns: Sequence[Turn], piece_tokens: int) -> dict[str, int]:
+    """How many pieces, so how many numbers, each session's turns make (see ``turn_items``)."""
+    return dict(Counter(piece.turn.session_id for piece in turn_pieces(turns, piece_tokens)))
+
+
 def _context(pieces: Sequence[Piece], i: int, window_tokens: int) -> str:
     """A piece with up to ``window_tokens`` of each neighbour in the same session."""
     piece = pieces[i]
@@ -144,6 +150,7 @@ def turn_items(
     request_id: str,
     principal: str,
     now: timestamp_pb2.Timestamp,
+    numbered_from: Mapping[str, int],
     statement_piece_tokens: int = 0,
     digest_tokens: int = 0,
 ) -> list[memory_pb2.Memory]:
@@ -151,8 +158,9 @@ def turn_items(
 
     A piece of at most ``context_tokens`` is also indexed under its context (see ``_context``,
     which takes up to ``context_tokens`` of each neighbour): short replies mean little alone.
-    Pieces are numbered so that the scheduler can join neighbours that match together; numbers
-    of different requests never touch.
+    Pieces are numbered so that the scheduler can join neighbours that match together: each
+    session's pieces in order, after ``numbered_from[session]`` (0 when absent), the numbers the
+    reader took for this request (``numbers.SessionNumbers``).
 
     A piece of more than ``statement_piece_tokens`` (0: none) also gives one fact item per
     statement the speaker makes of themselves in it (see ``statements``), sourced to the same
@@ -163,10 +171,11 @@ def turn_items(
     """
     pieces = turn_pieces(turns, piece_tokens)
     said_by: list[tuple[Turn, str, memory_pb2.Memory]] = []  # statements, for digests
-    base = int.from_bytes(hashlib.sha256(request_id.encode()).digest()[:5], "big") << 22
+    numbers = dict(numbered_from)  # each session's last number so far
     items = []
     for i, piece in enumerate(pieces):
         turn = piece.turn
+        numbers[turn.session_id] = number = numbers.get(turn.session_id, 0) + 1
         parts = ("turn", turn.id) if piece.index == 0 else ("turn", turn.id, str(piece.index))
         memory = _new_memory(
             cube_id,
@@ -178,7 +187,7 @@ def turn_items(
         memory.speaker = turn.speaker
         if count_tokens(piece.text) <= context_tokens:
             memory.index_context = _context(pieces, i, context_tokens)
-        source = _source(turn, position=base + i + 1, piece=piece.index)
+        source = _source(turn, position=number, piece=piece.index)
         if source.HasField("time"):
             memory.event_time.CopyFrom(source.time)
         memory.provenance.sources.append(source)

@@ -36,8 +36,17 @@ from services.common.sealing import SubjectKeys
 from services.common.timeparse import parse_time
 from services.common.writes import publish_write
 
-from .extract import Turn, context_embeddings, derived_embeddings, document_items, embedded, turn_items
+from .extract import (
+    Turn,
+    context_embeddings,
+    derived_embeddings,
+    document_items,
+    embedded,
+    pieces_per_session,
+    turn_items,
+)
 from .limits import CubeSizes
+from .numbers import SessionNumbers
 from .settings import ReaderSettings
 
 log = logging.getLogger(__name__)
@@ -91,8 +100,10 @@ class ReaderServicer(reader_pb2_grpc.ReaderServiceServicer):
         keys: SubjectKeys,
         policies: RedactionPolicies,
         vault: vault_pb2_grpc.VaultServiceStub,
+        numbers: SessionNumbers,
     ) -> None:
         self._vault = vault
+        self._numbers = numbers
         self._settings = settings
         self._js = js
         self._embedder = embedder
@@ -184,6 +195,9 @@ class ReaderServicer(reader_pb2_grpc.ReaderServiceServicer):
         cube_id = validation.cube_id(request.cube_id)
         request_id = validation.request_id(request.request_id) or uuid.uuid4().hex
         turns = _redacted(self._turns(request, request_id), self._policies.for_cube(cube_id))
+        numbered_from = await self._numbers.take(
+            cube_id, request_id, pieces_per_session(turns, self._settings.piece_tokens)
+        )
         items = turn_items(
             cube_id,
             turns,
@@ -194,6 +208,7 @@ class ReaderServicer(reader_pb2_grpc.ReaderServiceServicer):
             request_id=request_id,
             principal=caller_principal(),
             now=now_timestamp(),
+            numbered_from=numbered_from,
         )
         _flag_instructions(items, {t.id: t.text for t in turns})
         names, seq, applied = await self._write(cube_id, items, request.wait_applied)
@@ -269,6 +284,9 @@ async def setup(stack: AsyncExitStack, settings: ReaderSettings) -> Component:
         keys,
         RedactionPolicies(policies),
         vault_pb2_grpc.VaultServiceStub(vault),
+        SessionNumbers(
+            await open_bucket(js, Bucket.SESSION_NUMBERS), await open_bucket(js, Bucket.NUMBER_GRANTS)
+        ),
     )
     add = reader_pb2_grpc.add_ReaderServiceServicer_to_server
     return Component(

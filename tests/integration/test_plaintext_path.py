@@ -199,6 +199,24 @@ async def test_the_reply_to_a_question_comes_with_it_though_it_shares_no_word(me
     assert [s.turn_id for m in top.span for s in m.provenance.sources][:2] == ["D1:1", "D1:2"]
 
 
+async def test_turns_added_one_request_at_a_time_are_neighbours(mesh, cube):
+    turns = [
+        ("Nate", "Congrats on finishing it! What genre is your screenplay?"),
+        ("Joanna", "A mix of drama and romance!"),
+        ("Nate", "I spent the weekend playing video games with my turtles nearby."),
+    ]
+    for i, (who, text) in enumerate(turns, 1):  # a chat app adds each turn as it is said
+        await mesh.client.add_messages(
+            cube, [{"id": f"D1:{i}", "speaker": who, "text": text, "session_id": "S1"}], wait_applied=True
+        )
+    listed = [m async for m in mesh.client.iter_memories(cube)]
+    positions = sorted(m.provenance.sources[0].position for m in listed)
+    assert positions == [positions[0], positions[0] + 1, positions[0] + 2]
+    # So a search puts the reply, said in the next request, in the question's span.
+    top = (await mesh.client.search(cube, "What genre is the screenplay?", top_k=1)).results[0]
+    assert [s.turn_id for m in top.span for s in m.provenance.sources][:2] == ["D1:1", "D1:2"]
+
+
 async def test_a_reply_comes_with_the_question_it_answers(mesh, cube):
     asked = "How should I fill my 40-minute bus commute each way?"
     padding = " ".join(f"Tip {i}: keep a small notebook and write down one idea per stop." for i in range(8))

@@ -12,6 +12,7 @@ from services.reader.extract import (
     derived_embeddings,
     document_items,
     embedded,
+    pieces_per_session,
     statements,
     turn_items,
 )
@@ -22,8 +23,9 @@ WHEN = dt.datetime(2023, 5, 8, 13, 56, tzinfo=dt.UTC)
 
 def _items(turns):
     return turn_items(
-        "c1", turns, piece_tokens=120, context_tokens=48, request_id="r1", principal="principals/p", now=NOW
-    )
+        "c1", turns, piece_tokens=120, context_tokens=48, request_id="r1", principal="principals/p", now=NOW,
+        numbered_from={},
+    )  # fmt: skip
 
 
 def test_one_item_per_turn_with_date_speaker_and_source():
@@ -99,7 +101,7 @@ def test_long_turns_become_pieces_with_the_same_source_and_consecutive_positions
     long_text = " ".join(f"Sentence number {i} says something new." for i in range(60))
     items = turn_items(
         "c1", _session(("user", long_text)), piece_tokens=40, context_tokens=0,
-        request_id="r1", principal="p", now=NOW,
+        request_id="r1", principal="p", now=NOW, numbered_from={},
     )  # fmt: skip
     assert len(items) > 5
     assert all(count_tokens(i.text) <= 40 + 12 for i in items)  # a piece plus "[date] user: "
@@ -116,7 +118,7 @@ def test_the_turn_before_a_piece_ends_right_before_its_turns_first_piece():
     long_text = " ".join(f"Sentence number {i} says something new." for i in range(30))
     items = turn_items(
         "c1", _session(("user", "How do I plan my commute?"), ("assistant", long_text)), piece_tokens=40,
-        context_tokens=0, request_id="r1", principal="p", now=NOW,
+        context_tokens=0, request_id="r1", principal="p", now=NOW, numbered_from={},
     )  # fmt: skip
     question, *reply = items
     assert len(reply) > 2
@@ -135,14 +137,19 @@ def test_short_turns_are_indexed_with_their_neighbours_in_the_same_session():
     assert other.index_context == ""  # alone in its session
 
 
-def test_positions_of_different_requests_never_touch():
-    turns = _session(("a", "one"), ("b", "two"))
-    first = [i.provenance.sources[0].position for i in _items(turns)]
-    other = turn_items(
-        "c1", turns, piece_tokens=120, context_tokens=48, request_id="r2", principal="p", now=NOW
-    )
-    second = [i.provenance.sources[0].position for i in other]
-    assert min(abs(a - b) for a in first for b in second) > 1
+def test_each_session_is_numbered_on_from_the_number_the_request_took_for_it():
+    turns = [
+        Turn("t1", "a", "one", "s1", None),
+        Turn("t2", "b", "two", "s2", None),
+        Turn("t3", "a", "three", "s1", None),
+    ]
+    items = turn_items(
+        "c1", turns, piece_tokens=120, context_tokens=48, request_id="r2", principal="p", now=NOW,
+        numbered_from={"s1": 7},
+    )  # fmt: skip
+    numbers = {i.provenance.sources[0].turn_id: i.provenance.sources[0].position for i in items}
+    assert numbers == {"t1": 8, "t2": 1, "t3": 9}  # s2 took none: it starts at 1
+    assert pieces_per_session(turns, 120) == {"s1": 2, "s2": 1}
 
 
 def test_statements_are_what_a_speaker_tells_of_themselves():
@@ -164,7 +171,7 @@ def test_long_pieces_also_give_their_statements_as_unnumbered_facts():
     turns = _session(("user", text), ("assistant", "Sure, here are some events near you."))
     items = turn_items(
         "c1", turns, piece_tokens=120, context_tokens=48, statement_piece_tokens=60,
-        request_id="r1", principal="p", now=NOW,
+        request_id="r1", principal="p", now=NOW, numbered_from={},
     )  # fmt: skip
     piece, fact, reply = items
     assert piece.type == memory_pb2.MEMORY_TYPE_TURN
@@ -184,7 +191,7 @@ def test_long_pieces_also_give_their_statements_as_unnumbered_facts():
 def _digest_items(turns, digest_tokens=150):
     return turn_items(
         "c1", turns, piece_tokens=120, context_tokens=48, statement_piece_tokens=60,
-        digest_tokens=digest_tokens, request_id="r1", principal="p", now=NOW,
+        digest_tokens=digest_tokens, request_id="r1", principal="p", now=NOW, numbered_from={},
     )  # fmt: skip
 
 

@@ -40,6 +40,10 @@ class Bucket(StrEnum):
     OPERATIONS = "MEMOS_OPERATIONS"  # operation id -> memos.lifecycle.v1.Operation
     ACL = "MEMOS_ACL"  # cube id -> memos.governance.v1.CubeAcl (owner and grants)
     PRINCIPALS = "MEMOS_PRINCIPALS"  # "p.<id>" -> StoredPrincipal, "k.<key id>" -> ApiKeyRecord
+    # "<cube>.<session>" (digests) -> the session's last piece number so far (decimal)
+    SESSION_NUMBERS = "MEMOS_SESSION_NUMBERS"
+    # "<cube>.<request>.<session>" (digests) -> the number a request's pieces of a session follow
+    NUMBER_GRANTS = "MEMOS_NUMBER_GRANTS"
 
 
 class EventKind(StrEnum):
