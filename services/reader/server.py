@@ -38,6 +38,7 @@ from services.common.writes import publish_write
 
 from .extract import (
     Turn,
+    context_after_earlier,
     context_embeddings,
     derived_embeddings,
     document_items,
@@ -148,28 +149,58 @@ class ReaderServicer(reader_pb2_grpc.ReaderServiceServicer):
             )
         return turns
 
-    async def _cube_size(self, cube_id: str) -> int | None:
-        request = vault_pb2.ListMemoriesRequest(cube_id=cube_id, page_size=1, filter=EVERY_MEMORY)
+    async def _list(
+        self, request: vault_pb2.ListMemoriesRequest, what: str
+    ) -> vault_pb2.ListMemoriesResponse | None:
+        """The vault's answer, or None when it cannot be reached: writes go to the log, not the
+        vault, and a vault that is down must not stop them."""
         try:
             async with forward_errors("vault"):
-                reply = await self._vault.ListMemories(request, timeout=self._settings.vault_timeout_seconds)
+                return await self._vault.ListMemories(request, timeout=self._settings.vault_timeout_seconds)
         except MemosError as err:
             if err.code not in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED):
                 raise
-            # Writes go to the log, not the vault: a vault that is down must not stop them. The
-            # limit is soft; it is checked again on the next write.
-            log.warning("cube size of %s unknown (%s); writing without the limit check", cube_id, err)
+            log.warning("%s unknown (%s); writing without it", what, err)
             return None
-        return reply.total_size
+
+    async def _cube_size(self, cube_id: str) -> int | None:
+        # The limit is soft: a size the vault could not tell is checked again on the next write.
+        request = vault_pb2.ListMemoriesRequest(cube_id=cube_id, page_size=1, filter=EVERY_MEMORY)
+        reply = await self._list(request, f"the size of cube {cube_id}")
+        return reply.total_size if reply else None
+
+    async def _said_before(self, cube_id: str, numbered_from: dict[str, int]) -> dict[str, memory_pb2.Memory]:
+        """The piece said last in each session that earlier requests numbered, where the vault has
+        it: the context of the session's new turns begins with it."""
+
+        async def last(session: str, number: int) -> tuple[str, memory_pb2.Memory | None]:
+            at = vault_pb2.MemoryFilter(session_id=session, position=number)
+            reply = await self._list(
+                vault_pb2.ListMemoriesRequest(cube_id=cube_id, page_size=1, filter=at),
+                f"the piece before the new turns of session {session}",
+            )
+            return session, reply.memories[0] if reply and reply.memories else None
+
+        found = await asyncio.gather(*(last(s, n) for s, n in numbered_from.items() if n))
+        return {session: memory for session, memory in found if memory is not None}
 
     async def _write(
-        self, cube_id: str, items: list[memory_pb2.Memory], wait: bool
+        self,
+        cube_id: str,
+        items: list[memory_pb2.Memory],
+        wait: bool,
+        said_before: dict[str, memory_pb2.Memory] | None = None,
     ) -> tuple[list[str], int, bool]:
         """Embed and append one put per item; with ``wait``, until the vault applied them."""
         await self._sizes.make_room(cube_id, len(items))
         by_model = embedded(items)
-        vectors = await self._embedder.embed([item.text for item in by_model])
+        after_earlier = context_after_earlier(by_model, said_before) if said_before else []
+        vectors = await self._embedder.embed(
+            [item.text for item in by_model] + [item.index_context for item in after_earlier]
+        )
+        vectors, earlier_contexts = vectors[: len(by_model)], vectors[len(by_model) :]
         context_vectors = context_embeddings(by_model, vectors, self._settings.context_weight)
+        context_vectors |= dict(zip((item.name for item in after_earlier), earlier_contexts, strict=True))
         dense = dict(zip((item.name for item in by_model), vectors, strict=True))
         dense |= derived_embeddings(items, dense)
         limit = asyncio.Semaphore(self._settings.publish_concurrency)
@@ -198,6 +229,7 @@ class ReaderServicer(reader_pb2_grpc.ReaderServiceServicer):
         numbered_from = await self._numbers.take(
             cube_id, request_id, pieces_per_session(turns, self._settings.piece_tokens)
         )
+        said_before = await self._said_before(cube_id, numbered_from) if self._settings.context_tokens else {}
         items = turn_items(
             cube_id,
             turns,
@@ -209,9 +241,10 @@ class ReaderServicer(reader_pb2_grpc.ReaderServiceServicer):
             principal=caller_principal(),
             now=now_timestamp(),
             numbered_from=numbered_from,
+            said_before=said_before,
         )
         _flag_instructions(items, {t.id: t.text for t in turns})
-        names, seq, applied = await self._write(cube_id, items, request.wait_applied)
+        names, seq, applied = await self._write(cube_id, items, request.wait_applied, said_before)
         log.info("added %d turn items to %s", len(names), cube_id, extra={"cube": cube_id, "log_seq": seq})
         return reader_pb2.AddMessagesResponse(memory_names=names, log_sequence=seq, applied=applied)
 

@@ -56,6 +56,7 @@ from memos.type.v1 import memory_pb2
 from memos.vault.v1 import vault_pb2
 from services.common import states, validation
 from services.common.errors import InvalidArgument
+from services.common.places import place_key
 
 from .records import USAGE_FIELDS, Role
 from .terms import COUNTED_FIELDS, TERMS, TermCounts
@@ -136,7 +137,8 @@ def memory_filter(
 
 
 def spec_conditions(spec: vault_pb2.MemoryFilter) -> list[Any]:
-    """The conditions of a filter's own fields: types, speaker, session, tag and event times."""
+    """The conditions of a filter's own fields: types, speaker, session, tag, position and event
+    times."""
     must: list[Any] = []
     if spec.types:
         names = [memory_pb2.MemoryType.Name(t) for t in spec.types]
@@ -146,6 +148,15 @@ def spec_conditions(spec: vault_pb2.MemoryFilter) -> list[Any]:
             must.append(FieldCondition(key=key, match=MatchValue(getattr(spec, field))))
     if spec.tag:
         must.append(FieldCondition(key="tags", match=MatchValue(spec.tag)))
+    if spec.position:
+        if spec.position < 0 or not spec.session_id:
+            raise InvalidArgument(
+                "filter.position must be positive and come with filter.session_id",
+                reason="INVALID_POSITION",
+                field="filter.position",
+            )
+        at = place_key((spec.session_id, spec.position))
+        must.append(FieldCondition(key="place", match=MatchValue(at)))
     after = spec.event_time_after.ToJsonString() if spec.HasField("event_time_after") else None
     before = spec.event_time_before.ToJsonString() if spec.HasField("event_time_before") else None
     if after or before:

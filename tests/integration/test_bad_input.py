@@ -156,6 +156,15 @@ async def test_query_with_a_bad_boost(mesh, boost):
     assert "INVALID_BOOST" in str(err.value.trailing_metadata())
 
 
+@pytest.mark.parametrize("at", [{"position": 3}, {"position": -1, "session_id": "S1"}])
+async def test_a_position_filter_needs_a_session_and_a_positive_number(mesh, at):
+    request = vault_pb2.ListMemoriesRequest(cube_id="demo", filter=vault_pb2.MemoryFilter(**at))
+    with pytest.raises(grpc.aio.AioRpcError) as err:
+        await mesh.client.vault.ListMemories(request)
+    assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert "INVALID_POSITION" in str(err.value.trailing_metadata())
+
+
 @pytest.mark.parametrize("field", ["replies", "questions"])
 async def test_query_asking_too_many_replies_or_questions(mesh, field):
     with pytest.raises(grpc.aio.AioRpcError) as err:

@@ -209,9 +209,11 @@ async def test_turns_added_one_request_at_a_time_are_neighbours(mesh, cube):
         await mesh.client.add_messages(
             cube, [{"id": f"D1:{i}", "speaker": who, "text": text, "session_id": "S1"}], wait_applied=True
         )
-    listed = [m async for m in mesh.client.iter_memories(cube)]
-    positions = sorted(m.provenance.sources[0].position for m in listed)
+    listed = {m.provenance.sources[0].turn_id: m async for m in mesh.client.iter_memories(cube)}
+    positions = sorted(m.provenance.sources[0].position for m in listed.values())
     assert positions == [positions[0], positions[0] + 1, positions[0] + 2]
+    # A short reply is indexed with the question said in the request before.
+    assert listed["D1:2"].index_context.endswith(f"Nate: {turns[0][1]} Joanna: {turns[1][1]}")
     # So a search puts the reply, said in the next request, in the question's span.
     top = (await mesh.client.search(cube, "What genre is the screenplay?", top_k=1)).results[0]
     assert [s.turn_id for m in top.span for s in m.provenance.sources][:2] == ["D1:1", "D1:2"]

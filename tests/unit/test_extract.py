@@ -9,6 +9,7 @@ from services.common import places
 from services.reader.extract import (
     Turn,
     chunk_text,
+    context_after_earlier,
     derived_embeddings,
     document_items,
     embedded,
@@ -135,6 +136,25 @@ def test_short_turns_are_indexed_with_their_neighbours_in_the_same_session():
     )
     assert question.index_context.endswith("Caroline: Yes, loved it!")
     assert other.index_context == ""  # alone in its session
+
+
+def test_a_session_continued_in_a_new_request_takes_the_piece_said_before_into_its_context():
+    first = _items(_session(("Mel", "Did you go to the pottery class?")))
+    (question,) = first
+    taken = {"S1": question.provenance.sources[0].position}
+    turns = [
+        Turn("S1:1", "Caroline", "Yes, loved it!", "S1", WHEN),
+        Turn("S1:2", "Mel", "Great news.", "S1", WHEN),
+    ]
+    answer, after = turn_items(
+        "c1", turns, piece_tokens=120, context_tokens=48, request_id="r2", principal="p", now=NOW,
+        numbered_from=taken, said_before={"S1": question},
+    )  # fmt: skip
+    assert answer.index_context.startswith("[8 May 2023] Mel: Did you go to the pottery class? Caroline:")
+    assert after.index_context.startswith("[8 May 2023] Caroline: Yes, loved it!")  # its own request's
+    # Only the first piece's key is made from a piece whose vector the request does not have.
+    assert context_after_earlier([answer, after], {"S1": question}) == [answer]
+    assert context_after_earlier([answer, after], {}) == []
 
 
 def test_each_session_is_numbered_on_from_the_number_the_request_took_for_it():
