@@ -208,7 +208,18 @@ async def run(args: argparse.Namespace, api_key: str | None) -> tuple[dict, list
                     cube = cube_for(bundle_id)
                     started = time.perf_counter()
                     steal["ingest"].start()
-                    await ingest_bundle(client, cube, bundle, wait_applied=True, on_session=ingest_bar.update)
+                    await ingest_bundle(
+                        client,
+                        cube,
+                        bundle,
+                        wait_applied=True,
+                        on_session=ingest_bar.update,
+                        **(
+                            {"max_batch": args.turns_per_call, "wait_each": True}
+                            if args.turns_per_call
+                            else {}
+                        ),
+                    )
                     ingest_seconds += time.perf_counter() - started
                     ingested_turns += count_turns(bundle)
                     steal["ingest"].stop()
@@ -284,6 +295,14 @@ def main(argv: list[str] | None = None) -> int:
         help="run only N bundles spread evenly over the file (default: all)",
     )
     parser.add_argument(
+        "--turns-per-call",
+        type=int,
+        default=0,
+        metavar="N",
+        help="ingest N turns an AddMessages call, each call waiting for the vault, as a chat adds its "
+        "turns (1: one at a time; default: a session a call)",
+    )
+    parser.add_argument(
         "--no-embed-only",
         action="store_true",
         help="skip timing the embedding model alone on the same texts (it takes about as long as ingest)",
@@ -298,6 +317,8 @@ def main(argv: list[str] | None = None) -> int:
         "with the same directory searches the bundles ingested there without ingesting them again",
     )
     args = parser.parse_args(argv)
+    if args.turns_per_call < 0:
+        parser.error("--turns-per-call must not be negative")
 
     # A TERM (a CI timeout, a kill) unwinds like Ctrl-C, so a mesh started here is stopped.
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))

@@ -280,6 +280,23 @@ async def test_a_bundle_is_all_searchable_when_its_ingest_returns(mesh, cube):
     )
 
 
+async def test_a_bundle_ingested_a_turn_a_call_numbers_each_session_on(mesh, cube):
+    sessions = [
+        {
+            "id": f"S{n}",
+            "turns": [{"id": f"D{n}:{i}", "speaker": "Caroline", "text": f"Note {i}."} for i in range(3)],
+        }
+        for n in range(2)
+    ]
+    bundle = {"id": "b", "sessions": sessions}
+    assert await ingest_bundle(mesh.client, cube, bundle, max_batch=1, wait_each=True) == 6
+    numbers: dict[str, list[int]] = {}
+    async for m in mesh.client.iter_memories(cube):
+        source = m.provenance.sources[0]
+        numbers.setdefault(source.session_id, []).append(source.position)
+    assert {session: sorted(n) for session, n in numbers.items()} == {"S0": [1, 2, 3], "S1": [1, 2, 3]}
+
+
 async def test_get_list_update_versions_delete(mesh, cube):
     added = await mesh.client.add_messages(cube, CONVERSATION, wait_applied=True)
     name = added.memory_names[0]

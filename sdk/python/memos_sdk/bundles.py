@@ -63,13 +63,16 @@ async def ingest_bundle(
     wait_applied: bool = True,
     on_session: Callable[[int], None] | None = None,
     max_batch: int = 500,
+    wait_each: bool = False,
 ) -> int:
-    """Write every session of a bundle in order; returns the number of turns written.
+    """Write every session of a bundle in order, at most ``max_batch`` turns a request; returns
+    the number of turns written.
 
     Each request carries a request_id derived from the bundle and session, so a retry is not a
     second write. With ``wait_applied`` only the last request waits for the vault: writes are
     applied in log order, so when it returns the whole bundle is searchable, and meanwhile the
-    reader embeds the next session while the vault applies the last.
+    reader embeds the next session while the vault applies the last. ``wait_each`` waits for
+    every request, as a chat does that adds its turns as they are said (``max_batch=1``).
     """
     parts = [
         (session, start, messages[start : start + max_batch])
@@ -82,7 +85,7 @@ async def ingest_bundle(
         raw_id = f"bundle:{bundle.get('id', '')}:{session.get('id', '')}:{start}"
         request_id = re.sub(r"[^\x21-\x7e]", "_", raw_id)[-128:]
         await client.add_messages(
-            cube_id, part, request_id=request_id, wait_applied=wait_applied and n == len(parts)
+            cube_id, part, request_id=request_id, wait_applied=wait_each or (wait_applied and n == len(parts))
         )
         written += len(part)
         if on_session:
