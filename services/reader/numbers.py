@@ -6,6 +6,10 @@ request at a time would get no neighbours, no replies and no questions. So each 
 cube keeps its last number in a key-value bucket, and a request takes the next run of numbers
 from it (compare-and-set: a request that loses a race reads again).
 
+Turns with no session id belong to their request alone: their numbers start at a base drawn
+from the request id, so that numbers of different requests never touch and facts added one by
+one are not taken for a conversation.
+
 A retried request (the same request id) gets the numbers it got the first time, from a grant
 kept a day, so its pieces come out the same. A request that fails after taking its numbers
 leaves a gap: the pieces on either side are then not taken for neighbours, and nothing else is
@@ -36,6 +40,8 @@ class SessionNumbers:
         return {session: await self._take(cube_id, request_id, session, n) for session, n in counts.items()}
 
     async def _take(self, cube_id: str, request_id: str, session: str, n: int) -> int:
+        if not session:
+            return int.from_bytes(hashlib.sha256(request_id.encode()).digest()[:5], "big") << 22
         grant = f"{_digest(cube_id)}.{_digest(request_id)}.{_digest(session)}"
         try:
             return int((await self._grants.get(grant)).value or b"0")

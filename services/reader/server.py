@@ -181,7 +181,7 @@ class ReaderServicer(reader_pb2_grpc.ReaderServiceServicer):
             )
             return session, reply.memories[0] if reply and reply.memories else None
 
-        found = await asyncio.gather(*(last(s, n) for s, n in numbered_from.items() if n))
+        found = await asyncio.gather(*(last(s, n) for s, n in numbered_from.items() if s and n))
         return {session: memory for session, memory in found if memory is not None}
 
     async def _write(

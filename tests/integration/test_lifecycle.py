@@ -30,7 +30,13 @@ QUIET = {"sweep_interval_seconds": 0.3, "default_resolve_conflicts": False}
 
 
 async def _add(
-    client: MemosClient, cube: str, text: str, turn: str, day: int = 1, speaker: str = "Alice"
+    client: MemosClient,
+    cube: str,
+    text: str,
+    turn: str,
+    day: int = 1,
+    speaker: str = "Alice",
+    session: str = "s1",
 ) -> str:
     reply = await client.add_messages(
         cube,
@@ -40,7 +46,7 @@ async def _add(
                 "speaker": speaker,
                 "text": text,
                 "time_text": f"2023-05-{day:02d} 10:00",
-                "session_id": "s1",
+                "session_id": session,
             }
         ],
         wait_applied=True,
@@ -168,8 +174,10 @@ async def test_searches_count_usage_which_promotes_and_decay_archives(
 ):
     async with in_process_mesh(nats, triton_addr, tmp_path, lifecycle=QUIET) as mesh:
         client = mesh.client
-        used = await _add(client, cube, "Alice's favourite tea is jasmine green tea.", "t1")
-        unused = await _add(client, cube, "Alice repaired the garage door hinge.", "t2")
+        # Two sessions: turns of one session said one after the other would be neighbours, and a
+        # search would return (and count) both.
+        used = await _add(client, cube, "Alice's favourite tea is jasmine green tea.", "t1", session="s1")
+        unused = await _add(client, cube, "Alice repaired the garage door hinge.", "t2", session="s2")
         for _ in range(2):
             reply = await client.search(cube, "which tea does Alice like", top_k=1)
             assert reply.results[0].memory.name == used

@@ -25,6 +25,10 @@ async def test_requests_take_runs_that_follow_each_other_and_a_retry_gets_its_ow
         assert await numbers.take("c1", "r2", {"s1": 2}) == {"s1": 3}
         assert await numbers.take("c1", "r1", {"s1": 3, "s2": 1}) == {"s1": 0, "s2": 0}  # retried
         assert await numbers.take("c2", "r3", {"s1": 1}) == {"s1": 0}  # another cube's session
+        # Turns with no session belong to their request: its numbers never touch another's.
+        alone = [(await numbers.take("c1", f"r{i}", {"": 5}))[""] for i in range(4, 8)]
+        assert alone == [(await numbers.take("c1", f"r{i}", {"": 5}))[""] for i in range(4, 8)]
+        assert min(abs(a - b) for a in alone for b in alone if a != b) > 5 and len(set(alone)) == 4
 
         # Requests racing for one session get runs that neither overlap nor leave gaps.
         taken = await asyncio.gather(*(numbers.take("c1", f"race-{i}", {"s3": i + 1}) for i in range(8)))
