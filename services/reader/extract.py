@@ -334,13 +334,10 @@ def context_after_earlier(
     embedded instead: as good a key, measured on LoCoMo dev, for one more text to embed."""
     found = []
     for item in items:
-        source = item.provenance.sources[0] if item.provenance.sources else None
-        earlier = (
-            places.place(said_before[source.session_id])
-            if source and source.session_id in said_before
-            else None
-        )
-        if item.index_context and earlier is not None and places.place(item) == places.after(earlier):
+        at = places.place(item)
+        earlier = said_before.get(at[0]) if at and item.index_context else None
+        before = places.place(earlier) if earlier is not None else None
+        if before is not None and at == places.after(before):
             found.append(item)
     return found
 
