@@ -5,6 +5,7 @@ from __future__ import annotations
 import re
 
 from memos.type.v1 import memory_pb2
+from memos_sdk.tokens import count_tokens
 
 from .timeparse import HUMAN_DATE
 
@@ -19,3 +20,9 @@ def said(memory: memory_pb2.Memory) -> str:
     if memory.speaker and text.startswith(memory.speaker + ":"):
         text = text[len(memory.speaker) + 1 :]
     return text.strip()
+
+
+def tokens_of(memory: memory_pb2.Memory) -> int:
+    """The memory's tokens: the count the vault stored with it, counted here for a memory that
+    has none (not read from the vault)."""
+    return memory.tokens or count_tokens(memory.text)

@@ -26,7 +26,6 @@ from nats.js.kv import KeyValue
 from memos.events.v1 import events_pb2
 from memos.type.v1 import activation_pb2, memory_pb2
 from memos.vault.v1 import vault_pb2, vault_pb2_grpc
-from memos_sdk.tokens import count_tokens
 from memos_sdk.wire import EventKind, Stream, events_subject
 from services.common.bus import PullWorker, durable_worker
 from services.common.clients import forward_errors
@@ -34,6 +33,7 @@ from services.common.clock import now_timestamp
 from services.common.events import publish_event
 from services.common.generation import Generator
 from services.common.injection import is_flagged
+from services.common.memory_text import tokens_of
 from services.common.prompt import prefix_order, render_prefix
 
 from .retrieval import Retriever
@@ -73,7 +73,7 @@ def select(
                 memory_pb2.MEMORY_KIND_PLAINTEXT,
             ):
                 continue
-            tokens = count_tokens(memory.text)
+            tokens = tokens_of(memory)
             if used + tokens > budget_tokens:
                 continue
             chosen[memory.name], why[memory.name] = memory, reason

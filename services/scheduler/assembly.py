@@ -13,7 +13,7 @@ from dataclasses import dataclass, replace
 
 from memos.type.v1 import memory_pb2
 from memos_sdk.tokens import count_tokens
-from services.common.memory_text import DATE_PREFIX, said
+from services.common.memory_text import DATE_PREFIX, said, tokens_of
 from services.common.places import Place, asks, asks_for, place, turn_before
 
 
@@ -34,17 +34,21 @@ def _normal(text: str) -> str:
     return " ".join(text.lower().split())
 
 
-def span_text(span: Sequence[memory_pb2.Memory]) -> str:
-    """The members' texts joined; a date line repeated from the first member is dropped."""
+def joined(span: Sequence[memory_pb2.Memory]) -> tuple[str, int]:
+    """The members' texts joined, and its tokens; a date line repeated from the first member is
+    dropped. The tokens are the members' stored counts less the dropped date lines': no token
+    spans the space between two texts or ends a date line, so the sum is exact."""
     first = span[0].text
     date = DATE_PREFIX.match(first)
-    parts = [first]
+    parts, tokens = [first], tokens_of(span[0])
     for memory in span[1:]:
         text = memory.text
+        tokens += tokens_of(memory)
         if date and text.startswith(date.group(0)):
             text = text[date.end() :]
+            tokens -= count_tokens(date.group(0))
         parts.append(text)
-    return " ".join(parts)
+    return " ".join(parts), tokens
 
 
 def assemble(
@@ -136,8 +140,8 @@ def _new_turns_first(items: list[Assembled]) -> list[Assembled]:
 
 
 def _item(memory: memory_pb2.Memory, score: float, span: tuple[memory_pb2.Memory, ...]) -> Assembled:
-    text = span_text(span)
-    return Assembled(memory, score, count_tokens(text), text, span)
+    text, tokens = joined(span)
+    return Assembled(memory, score, tokens, text, span)
 
 
 def _spans(
@@ -194,7 +198,7 @@ def _spans(
                 j is not None
                 and j not in taken
                 and asks_for(ranked[j].memory, ranked[anchor].memory)
-                and count_tokens(ranked[j].memory.text) <= question_tokens
+                and tokens_of(ranked[j].memory) <= question_tokens
             ):
                 members.append(j)  # the question the reply answers, whatever it scores
         # Neighbours join as they would join the piece.
@@ -214,7 +218,7 @@ def _spans(
                     answers = (
                         before is not None
                         and asks(ranked[i if before == anchor else before].memory)
-                        and count_tokens(ranked[j].memory.text) <= reply_tokens
+                        and tokens_of(ranked[j].memory) <= reply_tokens
                     )
                     if ranked[j].score < join_ratio * reference and not answers:
                         break

@@ -25,6 +25,7 @@ from qdrant_edge import FieldCondition, Filter, MatchAny, MatchValue
 from memos.events.v1 import events_pb2
 from memos.type.v1 import memory_pb2
 from memos.vault.v1 import commands_pb2, vault_pb2
+from memos_sdk.tokens import count_tokens
 from memos_sdk.wire import SUBJECT_PREFIX, EventKind, Header, Stream, memory_name
 from services.common import states, validation
 from services.common.bus import VAULT_CONSUMER, PullWorker, durable_worker
@@ -37,6 +38,7 @@ from . import records
 from .index import EdgeIndex, IndexPoint, excluding, memory_filter, not_from
 from .rebuild import Rebuild
 from .records import Role
+from .usage import UsageTable, forget_dead
 
 _SUMMARY = memory_pb2.MemoryType.Name(memory_pb2.MEMORY_TYPE_SUMMARY)
 
@@ -69,6 +71,8 @@ class _Batch:
     upserts: dict[str, IndexPoint] = field(default_factory=dict)
     delete_filters: list[Any] = field(default_factory=list)
     events: list[_Event] = field(default_factory=list)
+    deleted: list[str] = field(default_factory=list)  # names: their usage rows go
+    erased_in: set[str] = field(default_factory=set)  # cubes: their dead memories' usage rows go
 
 
 class Applier:
@@ -77,6 +81,7 @@ class Applier:
         js: JetStreamContext,
         index: EdgeIndex,
         keys: SubjectKeys,
+        usage: UsageTable,
         *,
         batch_size: int,
         ack_wait_seconds: float,
@@ -87,13 +92,12 @@ class Applier:
         self._neighbours = neighbours
         self._index = index
         self._keys = keys
+        self._usage = usage
         self._batch_size = batch_size
         self._ack_wait = ack_wait_seconds
         self._rebuild = rebuild
         # Writes up to this log sequence were announced before the rebuild: none is announced again.
         self._published_until = rebuild.published_until if rebuild else 0
-        # A rebuild's heads start from the usage the index before it held (index.usage_in).
-        self._usage_before = rebuild.usage if rebuild else {}
 
     async def worker(self) -> PullWorker:
         """The worker on the write log's durable consumer, rewound for a rebuild (to replay the
@@ -128,7 +132,7 @@ class Applier:
     async def _rebuilt(self) -> None:
         assert self._rebuild is not None
         await self._rebuild.finish(self._index)
-        self._rebuild, self._usage_before = None, {}
+        self._rebuild = None
 
     async def _apply(self, msgs: list[Msg]) -> None:
         commands: list[tuple[Msg, commands_pb2.WriteCommand]] = []
@@ -181,6 +185,9 @@ class Applier:
                     if msg.metadata.sequence.stream <= self._published_until:
                         del batch.events[published:]
             await self._index.write(list(batch.upserts.values()), batch.delete_filters)
+            await asyncio.to_thread(self._usage.drop, batch.deleted)
+            for cube_id in batch.erased_in:
+                await forget_dead(self._index, self._usage, cube_id)
         await self._measure_nearest(batch)
         await asyncio.gather(*(self._publish(e) for e in batch.events))
         await asyncio.gather(*(msg.ack() for msg, _ in commands))
@@ -225,6 +232,7 @@ class Applier:
 
     def _erase(self, batch: _Batch, erase: commands_pb2.EraseCommand) -> None:
         """Drop every point of the subject's memories in the cube: heads, versions, tombstones."""
+        batch.erased_in.add(erase.cube_id)
         cube = FieldCondition(key="cube", match=MatchValue(erase.cube_id))
         if erase.whole_cube:
             batch.delete_filters.append(Filter(must=[cube]))
@@ -245,6 +253,7 @@ class Applier:
 
     def _put(self, batch: _Batch, put: commands_pb2.PutMemory, parent: Any) -> None:
         memory = put.memory
+        memory.tokens = count_tokens(memory.text)  # counted once, not in every search's assembly
         head_id = records.head_id(memory.cube_id, memory.memory_id)
         head = batch.heads.get(head_id)
         stored = int(head["version"]) if head else 0
@@ -269,7 +278,7 @@ class Applier:
     ) -> IndexPoint | None:
         """The head point of the put's version; the old head becomes a version point.
 
-        Usage is the vault's, not the writer's: the new version carries the stored counts.
+        Usage is the vault's, not the writer's: its event carries the counts the table holds.
         """
         memory = put.memory
         head_id = records.head_id(memory.cube_id, memory.memory_id)
@@ -281,14 +290,12 @@ class Applier:
                 "skipping header-only version %d of %s: its text differs", memory.version, memory.name
             )
             return None
-        usage = head
+        memory.ClearField("usage")
+        self._usage.fill(memory)
         if previous is not None:
-            memory.usage.CopyFrom(previous.usage)
             vid = records.version_id(memory.cube_id, memory.memory_id, previous.version)
             batch.upserts[vid] = IndexPoint(vid, records.payload(previous, Role.VERSION, self._keys))
-        elif (usage := self._usage_before.get(head_id)) is not None:
-            records.set_usage(memory, usage)
-        fields = records.payload(memory, Role.HEAD, self._keys, usage_seq=records.usage_seq(usage))
+        fields = records.payload(memory, Role.HEAD, self._keys)
         if not put.keep_vectors:
             return IndexPoint(
                 head_id,
@@ -312,6 +319,7 @@ class Applier:
             return
         version = int(head["version"])
         if head["role"] != Role.TOMBSTONE:
+            batch.deleted.append(memory_name(cube_id, memory_id))
             fields = records.tombstone(cube_id, memory_id, version)
             batch.upserts[head_id] = IndexPoint(head_id, fields)
             batch.heads[head_id] = fields

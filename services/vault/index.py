@@ -54,11 +54,12 @@ from qdrant_edge import (
 
 from memos.type.v1 import memory_pb2
 from memos.vault.v1 import vault_pb2
+from memos_sdk.wire import memory_name
 from services.common import states, validation
 from services.common.errors import InvalidArgument
 from services.common.places import place_key
 
-from .records import USAGE_FIELDS, Role
+from .records import Role
 from .terms import COUNTED_FIELDS, TERMS, TermCounts
 
 log = logging.getLogger(__name__)
@@ -69,7 +70,7 @@ CONTEXT_DENSE = "context_dense"
 DENSE_KEYS = (DENSE, CONTEXT_DENSE)
 # The shard's directory under the data dir; a new layout gets a new name, and the vault
 # rebuilds it by replaying the write log.
-INDEX_DIR = "index-v12"
+INDEX_DIR = "index-v13"
 _LAYOUT = re.compile(r"index-v(\d+)")
 KEYWORD_FIELDS = (
     "cube",
@@ -85,7 +86,6 @@ KEYWORD_FIELDS = (
     "turns",
     "place",  # places.place_key: the reply to a question is looked up by its place
 )
-SET_FIELDS_PER_CALL = 16
 _HEAD = FieldCondition(key="role", match=MatchValue(Role.HEAD.value))
 
 
@@ -212,21 +212,27 @@ def _scroll(
     )
 
 
-def usage_in(path: Path) -> dict[str, dict[str, int]]:
-    """The usage fields of every head with any use in the index at ``path`` (of any layout), by
-    point id. Usage is folded into the index, not written to the log, so an index rebuilt from
-    the log starts its counts from these."""
+# Where indexes of layouts before index-v13 kept each head's usage counts.
+_PAYLOAD_USAGE = ("access_count", "last_access_ns", "usage_seq")
+
+
+def usage_in(path: Path) -> dict[str, tuple[int, int, int]]:
+    """The usage counts that the index at ``path``, of a layout before index-v13, kept in its
+    heads' payloads: (access count, last access in ns, last usage message folded) by memory
+    name, for the heads with any use. The vault now keeps them in a table (usage.py) and takes
+    these once."""
     shard = EdgeShard.load(str(path))
     try:
         heads = Filter(must=[_HEAD])
-        found: dict[str, dict[str, int]] = {}
+        found: dict[str, tuple[int, int, int]] = {}
         offset = None
         while True:
-            page, offset = _scroll(shard, heads, offset, 1024, USAGE_FIELDS)
+            page, offset = _scroll(shard, heads, offset, 1024, ("cube", "memory_id", *_PAYLOAD_USAGE))
             for record in page:
                 fields = record.payload or {}
                 if fields.get("usage_seq"):
-                    found[str(record.id)] = {key: int(fields.get(key, 0)) for key in USAGE_FIELDS}
+                    name = memory_name(str(fields["cube"]), str(fields["memory_id"]))
+                    found[name] = tuple(int(fields.get(key, 0)) for key in _PAYLOAD_USAGE)  # type: ignore[assignment]
             if offset is None:
                 return found
     finally:
@@ -471,25 +477,6 @@ class EdgeIndex:
         while offset is not None:
             offset = await self._run(page, offset)
         return heads if await self._run(finish) else None
-
-    async def set_fields(self, updates: dict[str, dict[str, Any]]) -> None:
-        """Set payload fields of points, leaving their other fields and vectors as they are.
-
-        A few points per engine call: an update costs up to 0.2 ms a point in a large shard, and
-        a search waiting for the engine's thread passes between two calls, not behind all of them.
-        """
-
-        if any(key in COUNTED_FIELDS for fields in updates.values() for key in fields):
-            raise ValueError("set_fields may not change what term counts depend on: write the point")
-
-        def set_fields(part: list[tuple[str, dict[str, Any]]]) -> None:
-            for point_id, fields in part:
-                self.shard.update(UpdateOperation.set_payload([point_id], fields))
-
-        items = list(updates.items())
-        for start in range(0, len(items), SET_FIELDS_PER_CALL):
-            self._changed = True
-            await self._run(set_fields, items[start : start + SET_FIELDS_PER_CALL])
 
     async def scroll(
         self, flt: Filter, offset: str | None, limit: int, fields: Sequence[str] = ()

@@ -3,10 +3,10 @@
 Before the vault creates an index (a new layout, or a lost data directory) it writes a marker
 beside it with the log sequence up to which writes had been applied, and their events published,
 before. While the marker is there, every start replays the whole log into the index again (a
-replay converges), publishes no event for those writes, and starts each memory's usage counts
-from the index of the layout before. Once the replay has passed that sequence, the index is
-flushed, the directories of older layouts are deleted and the marker removed. A crash at any
-point leaves either a complete index or a marker that starts the rebuild over; never an index
+replay converges) and publishes no event for those writes. Once the replay has passed that
+sequence, the index is flushed, the directories of older layouts are deleted and the marker
+removed. Usage counts live beside the index (usage.py) and outlive it; an index of a layout
+that kept them in its payloads hands them over first. A crash at any point leaves either a complete index or a marker that starts the rebuild over; never an index
 that misses writes the consumer has already acked, nor a stale older layout that a downgraded
 vault would take for current.
 """
@@ -36,8 +36,9 @@ class Rebuild:
     marker: Path
     # Writes up to this log sequence were applied, and announced, before the rebuild.
     published_until: int
-    # Each head's usage fields in the index of the layout before, by point id.
-    usage: dict[str, dict[str, int]]
+    # The usage counts the index of the layout before kept in its payloads, by memory name
+    # (index.usage_in): for the usage table to take.
+    usage: dict[str, tuple[int, int, int]]
 
     async def finish(self, index: EdgeIndex) -> None:
         """The replay has passed ``published_until``: the index stands on its own."""
@@ -68,7 +69,7 @@ async def pending(index: EdgeIndex, js: JetStreamContext) -> Rebuild | None:
     usage = await asyncio.to_thread(usage_in, older[0]) if older else {}
     log.info(
         "rebuilding the index from the write log: writes up to %d publish no events again; "
-        "usage of %d memories kept from the layout before",
+        "the layout before kept the usage of %d memories",
         published_until,
         len(usage),
     )

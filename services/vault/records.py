@@ -4,9 +4,8 @@ Each memory has a *head* point (its current version, searchable) at a fixed id; 
 version is a *version* point; a deleted memory leaves a *tombstone* head (no vectors) so a late
 replay of an old write cannot bring it back.
 
-A point's payload is the record (the protobuf, sealed) plus plain fields for filters and for
-usage. Usage counts live only in the plain fields: folding searches into them rewrites two
-numbers, not the sealed record.
+A point's payload is the record (the protobuf, sealed) plus plain fields for filters. Usage
+counts are not in the index (usage.py).
 """
 
 from __future__ import annotations
@@ -49,14 +48,10 @@ def turn_keys(memory: memory_pb2.Memory) -> list[str]:
     return [f"{s.session_id}#{s.turn_id}" for s in memory.provenance.sources if s.turn_id]
 
 
-def payload(
-    memory: memory_pb2.Memory, role: Role, keys: SubjectKeys, *, usage_seq: int = 0
-) -> dict[str, object]:
-    """Filterable fields plus the whole record (the protobuf, sealed with its subject key, base64)
-    for lossless reads. The key must be known to ``keys`` already (the applier fetched it).
-
-    ``usage_seq`` is the last MEMOS_USAGE message folded into the head's usage counts.
-    """
+def payload(memory: memory_pb2.Memory, role: Role, keys: SubjectKeys) -> dict[str, object]:
+    """Filterable fields plus the whole record (the protobuf without its usage, sealed with its
+    subject key, base64) for lossless reads. The key must be known to ``keys`` already (the
+    applier fetched it)."""
     sealed = memory_pb2.Memory()
     sealed.CopyFrom(memory)
     sealed.ClearField("usage")
@@ -80,7 +75,6 @@ def payload(
         "tags": list(memory.tags),
         "key": key_id,
         "record": base64.b64encode(seal(key_id, key, sealed.SerializeToString())).decode("ascii"),
-        **usage_fields(memory.usage.access_count, memory.usage.last_access_time.ToNanoseconds(), usage_seq),
     }
     event_time = _rfc3339(memory.event_time)
     if event_time:
@@ -90,35 +84,12 @@ def payload(
     return fields
 
 
-USAGE_FIELDS = ("access_count", "last_access_ns", "usage_seq")
-
-
-def usage_fields(access_count: int, last_access_ns: int, usage_seq: int) -> dict[str, int]:
-    return {"access_count": access_count, "last_access_ns": last_access_ns, "usage_seq": usage_seq}
-
-
-def _int(fields: Mapping[str, object] | None, key: str) -> int:
-    return int(fields.get(key, 0)) if fields else 0  # type: ignore[call-overload]
-
-
-def usage_seq(fields: dict[str, object] | None) -> int:
-    return _int(fields, "usage_seq")
-
-
-def more_usage(fields: dict[str, object], uses: int, last_access_ns: int, seq: int) -> dict[str, int]:
-    """The usage fields of a point after ``uses`` more uses, the last at ``last_access_ns``,
-    folded up to usage message ``seq``."""
-    return usage_fields(
-        _int(fields, "access_count") + uses, max(_int(fields, "last_access_ns"), last_access_ns), seq
-    )
-
-
 def tombstone(cube_id: str, memory_id: str, version: int) -> dict[str, object]:
     return {"cube": cube_id, "memory_id": memory_id, "role": Role.TOMBSTONE.value, "version": version}
 
 
 # What memory_of reads, with the memory id: all a reader of records asks of the index.
-RECORD_FIELDS = ("memory_id", "record", "key", "access_count", "last_access_ns")
+RECORD_FIELDS = ("memory_id", "record", "key")
 
 
 def memory_of(fields: dict[str, object], keys: SubjectKeys) -> memory_pb2.Memory:
@@ -129,8 +100,8 @@ def memory_of(fields: dict[str, object], keys: SubjectKeys) -> memory_pb2.Memory
 
 
 def read_into(memory: memory_pb2.Memory, fields: Mapping[str, object], keys: SubjectKeys) -> None:
-    """``memory`` made the record, opened in place (no copy into a reply); Erased when its subject
-    key was destroyed."""
+    """``memory`` made the record, opened in place (no copy into a reply), without its usage
+    (usage.py); Erased when its subject key was destroyed."""
     data = binascii.a2b_base64(str(fields["record"]))
     key_id = fields.get("key")
     if key_id:
@@ -139,14 +110,6 @@ def read_into(memory: memory_pb2.Memory, fields: Mapping[str, object], keys: Sub
             raise Erased(str(key_id))
         data = unseal(str(key_id), key, data)
     memory.ParseFromString(data)
-    set_usage(memory, fields)
-
-
-def set_usage(memory: memory_pb2.Memory, fields: Mapping[str, object]) -> None:
-    """``memory.usage`` from a point's usage fields (``USAGE_FIELDS``)."""
-    memory.usage.access_count = _int(fields, "access_count")
-    if last_access_ns := _int(fields, "last_access_ns"):
-        memory.usage.last_access_time.FromNanoseconds(last_access_ns)
 
 
 def readable(payloads: list[dict[str, object]], keys: SubjectKeys) -> list[memory_pb2.Memory]:

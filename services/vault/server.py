@@ -42,7 +42,7 @@ from .index import (
 from .rebuild import pending
 from .records import Role
 from .settings import VaultSettings
-from .usage import UsageFolder
+from .usage import USAGE_FILE, UsageFolder, UsageTable
 
 log = logging.getLogger(__name__)
 
@@ -60,9 +60,11 @@ class VaultServicer(vault_pb2_grpc.VaultServiceServicer):
         js,
         embedder: Embedder,
         keys: SubjectKeys,
+        usage: UsageTable,
         policies: RedactionPolicies,
     ) -> None:
         self._policies = policies
+        self._usage = usage
         self._settings = settings
         self._index = index
         self._js = js
@@ -70,11 +72,18 @@ class VaultServicer(vault_pb2_grpc.VaultServiceServicer):
         self._keys = keys
         self._tokens = PageTokens(settings.page_token_secret)
 
+    def _readable(self, payloads: list[dict]) -> list[memory_pb2.Memory]:
+        """The records that can be opened (records.readable), each with its usage."""
+        memories = records.readable(payloads, self._keys)
+        for memory in memories:
+            self._usage.fill(memory)
+        return memories
+
     async def _head(self, name: str) -> memory_pb2.Memory:
         cube_id, memory_id = validation.memory_name(name)
         found = await self._index.retrieve([records.head_id(cube_id, memory_id)])
         fields = next(iter(found.values()), None)
-        readable = records.readable([fields], self._keys) if fields else []
+        readable = self._readable([fields]) if fields else []
         if not readable or fields.get("role") != Role.HEAD or fields.get("cube") != cube_id:
             raise NotFound(f"memory {name} does not exist", reason="MEMORY_NOT_FOUND", name=name)
         return readable[0]
@@ -96,7 +105,7 @@ class VaultServicer(vault_pb2_grpc.VaultServiceServicer):
         memories = []
         for name, point_id in zip(request.names, ids, strict=True):
             fields = found.get(point_id)
-            readable = records.readable([fields], self._keys) if fields else []
+            readable = self._readable([fields]) if fields else []
             if readable and fields.get("role") == Role.HEAD and fields.get("cube") == cube_id:
                 memories.append(readable[0])
             elif not request.allow_missing:
@@ -111,7 +120,7 @@ class VaultServicer(vault_pb2_grpc.VaultServiceServicer):
         flt = memory_filter(cube_id, Role.HEAD, request.filter)
         payloads, next_offset = await self._index.scroll(flt, offset, size)
         return vault_pb2.ListMemoriesResponse(
-            memories=records.readable(payloads, self._keys),
+            memories=self._readable(payloads),
             next_page_token=self._tokens.encode(query, next_offset) if next_offset else "",
             total_size=await self._index.count(flt),
         )
@@ -180,6 +189,7 @@ class VaultServicer(vault_pb2_grpc.VaultServiceServicer):
             result = response.results.add(score=s)
             try:
                 records.read_into(result.memory, p, self._keys)
+                self._usage.fill(result.memory)
             except Erased:
                 del response.results[-1]
         found = [r.memory for r in response.results]
@@ -210,7 +220,7 @@ class VaultServicer(vault_pb2_grpc.VaultServiceServicer):
         keys = sorted({places.place_key(at) for at in (*after, *answered_by)})
         payloads, _ = await self._index.scroll(at_places(flt, keys), None, len(keys), records.RECORD_FIELDS)
         said_after, asked = [], []
-        for memory in records.readable(payloads, self._keys):
+        for memory in self._readable(payloads):
             at = places.place(memory)
             if at in after:
                 said_after.append(memory)
@@ -290,7 +300,7 @@ class VaultServicer(vault_pb2_grpc.VaultServiceServicer):
         while True:
             flt = memory_filter(head.cube_id, Role.VERSION, memory_id=head.memory_id)
             payloads, cursor = await self._index.scroll(flt, cursor, 256)
-            older += records.readable(payloads, self._keys)
+            older += self._readable(payloads)
             if cursor is None:
                 break
         versions = [head, *sorted(older, key=lambda m: m.version, reverse=True)]
@@ -328,19 +338,23 @@ async def setup(stack: AsyncExitStack, settings: VaultSettings) -> Component:
     run_until_closed(stack, index.keep_term_counts, "term-counts")
     consumers = dict(batch_size=settings.apply_batch_size, ack_wait_seconds=settings.apply_ack_wait_seconds)
     keys = await SubjectKeys.start(stack, js)
+    usage = await asyncio.to_thread(UsageTable.open, settings.data_dir / USAGE_FILE)
+    stack.callback(usage.close)
+    if rebuild is not None and (taken := await asyncio.to_thread(usage.take_missing, rebuild.usage)):
+        log.info("took the usage counts of %d memories from the index of the layout before", taken)
     writes = await Applier(
-        js, index, keys, rebuild=rebuild, neighbours=settings.created_neighbours, **consumers
+        js, index, keys, usage, rebuild=rebuild, neighbours=settings.created_neighbours, **consumers
     ).worker()
-    usage = await UsageFolder(
-        js, index, linger_seconds=settings.usage_fold_seconds, rewind=rebuild is not None, **consumers
+    folds = await UsageFolder(
+        js, index, usage, linger_seconds=settings.usage_fold_seconds, **consumers
     ).worker()
 
     async def stop() -> None:
-        await asyncio.gather(writes.stop(), usage.stop())
+        await asyncio.gather(writes.stop(), folds.stop())
 
     policies = KvMirror(await open_bucket(js, Bucket.POLICIES))
     await policies.start(stack)
-    servicer = VaultServicer(settings, index, js, embedder, keys, RedactionPolicies(policies))
+    servicer = VaultServicer(settings, index, js, embedder, keys, usage, RedactionPolicies(policies))
     return Component(
         registrations=[
             Registration.of(
@@ -351,6 +365,6 @@ async def setup(stack: AsyncExitStack, settings: VaultSettings) -> Component:
                 ACCESS,
             )
         ],
-        background=[writes.run, usage.run],
+        background=[writes.run, folds.run],
         on_stop=stop,
     )

@@ -1,22 +1,31 @@
-"""Folds search accesses (MEMOS_USAGE) into each memory's usage counts, without a new version.
+"""Usage counts: how often, and when last, searches used each memory (MEMOS_USAGE). The
+lifecycle's decay and promotion rules read them from every memory the vault returns.
 
-A record names each memory once per use (a name listed twice was used twice).
+The counts live in a table beside the index (SQLite in the vault's data directory, mirrored in
+memory), by memory name, not in the index points' payloads: rewriting a point for a use cost
+about 60 µs of engine time, as much as the search that made the use, on the core the next
+search needs; a row costs about 8 (docs/benchmarks.md). The table also outlives index rebuilds.
 
-Never twice: a head remembers the last usage message folded into it (``usage_seq``),
-so a redelivered message counts nowhere twice. A message naming a memory the vault has not
-applied yet (a rebuild replaying the log) is retried later for that memory alone.
+Never twice: a row remembers the last usage message folded into it (``seq``), so a redelivered
+message counts nowhere twice. Only live memories have rows: a memory's first use is checked
+against the index, and the applier drops the rows of the memories it deletes or erases, under
+the index's write lock as the folds.
 """
 
 from __future__ import annotations
 
-import functools
+import asyncio
 import logging
-from collections import Counter, defaultdict
-from dataclasses import dataclass
+import sqlite3
+from collections import Counter
+from collections.abc import Iterable, Mapping
+from pathlib import Path
+from typing import NamedTuple
 
 from nats.aio.msg import Msg
 from nats.js import JetStreamContext
 
+from memos.type.v1 import memory_pb2
 from memos.vault.v1 import commands_pb2
 from memos_sdk.wire import SUBJECT_PREFIX, Stream
 from services.common import validation
@@ -28,19 +37,105 @@ from .records import Role
 
 log = logging.getLogger(__name__)
 
-RETRY_SECONDS = 1.0
+USAGE_FILE = "usage.sqlite3"
 
 
-@functools.lru_cache(maxsize=1 << 16)
-def _head_id(name: str) -> str:
-    return records.head_id(*validation.memory_name(name))
+class Use(NamedTuple):
+    count: int
+    last_ns: int  # the last use, in nanoseconds since the epoch
+    seq: int  # the last usage message folded in
 
 
-@dataclass
-class _Tally:
-    count: int = 0
-    last_ns: int = 0
-    seq: int = 0
+class UsageTable:
+    """Each used memory's counts by name. Reads come from memory; writes go to SQLite first,
+    one transaction each, from one task at a time (the index's write lock)."""
+
+    def __init__(self, db: sqlite3.Connection, rows: dict[str, Use], *, created: bool) -> None:
+        self._db = db
+        self._rows = rows
+        self.created = created  # no table was there: the usage stream is folded from its start
+
+    @classmethod
+    def open(cls, path: Path) -> UsageTable:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        created = not path.exists()
+        db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+        db.execute("PRAGMA journal_mode=WAL")
+        db.execute("PRAGMA synchronous=FULL")  # a folded message is acked: its count must last
+        db.execute(
+            "CREATE TABLE IF NOT EXISTS usage (name TEXT PRIMARY KEY, count INTEGER NOT NULL,"
+            " last_ns INTEGER NOT NULL, seq INTEGER NOT NULL) WITHOUT ROWID"
+        )
+        rows = {name: Use(*use) for name, *use in db.execute("SELECT name, count, last_ns, seq FROM usage")}
+        return cls(db, rows, created=created)
+
+    def close(self) -> None:
+        self._db.close()
+
+    def __len__(self) -> int:
+        return len(self._rows)
+
+    def get(self, name: str) -> Use | None:
+        return self._rows.get(name)
+
+    def fill(self, memory: memory_pb2.Memory) -> None:
+        """``memory.usage`` from its row (none: never used)."""
+        use = self._rows.get(memory.name)
+        if use is not None:
+            memory.usage.access_count = use.count
+            if use.last_ns:
+                memory.usage.last_access_time.FromNanoseconds(use.last_ns)
+
+    def put(self, rows: Mapping[str, Use]) -> None:
+        if rows:
+            self._transaction(
+                "INSERT OR REPLACE INTO usage VALUES (?, ?, ?, ?)", [(n, *u) for n, u in rows.items()]
+            )
+            self._rows.update(rows)
+
+    def drop(self, names: Iterable[str]) -> None:
+        names = [n for n in names if n in self._rows]
+        if names:
+            self._transaction("DELETE FROM usage WHERE name = ?", [(n,) for n in names])
+            for name in names:
+                del self._rows[name]
+
+    def _transaction(self, statement: str, rows: list[tuple]) -> None:
+        """``statement`` for every row, all or none (the connection autocommits otherwise)."""
+        self._db.execute("BEGIN")
+        try:
+            self._db.executemany(statement, rows)
+        except BaseException:
+            self._db.execute("ROLLBACK")
+            raise
+        self._db.execute("COMMIT")
+
+    def names_in(self, cube_id: str) -> list[str]:
+        prefix = f"cubes/{cube_id}/memories/"
+        return [name for name in self._rows if name.startswith(prefix)]
+
+    def take_missing(self, rows: Mapping[str, tuple[int, int, int]]) -> int:
+        """Adds the rows of names it has none for (the counts an index of an older layout kept
+        in its payloads); returns how many."""
+        missing = {name: Use(*use) for name, use in rows.items() if name not in self._rows}
+        self.put(missing)
+        return len(missing)
+
+
+async def live(index: EdgeIndex, names: Iterable[str]) -> set[str]:
+    """Those of ``names`` whose memory has a live head in ``index``."""
+    ids = {records.head_id(*validation.memory_name(name)): name for name in names}
+    if not ids:
+        return set()
+    heads = await index.retrieve(list(ids), fields=("role",))
+    return {ids[pid] for pid, fields in heads.items() if fields.get("role") == Role.HEAD}
+
+
+async def forget_dead(index: EdgeIndex, table: UsageTable, cube_id: str) -> None:
+    """Drops the rows of the cube's memories that have no live head (after an erasure)."""
+    names = table.names_in(cube_id)
+    dead = set(names) - await live(index, names)
+    await asyncio.to_thread(table.drop, dead)
 
 
 class UsageFolder:
@@ -48,22 +143,22 @@ class UsageFolder:
         self,
         js: JetStreamContext,
         index: EdgeIndex,
+        table: UsageTable,
         *,
         batch_size: int,
         ack_wait_seconds: float,
         linger_seconds: float = 0.0,
-        rewind: bool = False,
     ):
         self._linger = linger_seconds
-        self._rewind = rewind
         self._js = js
         self._index = index
+        self._table = table
         self._batch_size = batch_size
         self._ack_wait = ack_wait_seconds
 
     async def worker(self) -> PullWorker:
-        """The worker on the usage stream's durable consumer, rewound for an index rebuild (to
-        fold the usage it keeps again; a fold counts each record once, by its sequence)."""
+        """The worker on the usage stream's durable consumer, rewound for a new table (a lost
+        data directory): what the stream still keeps is counted again, each record once."""
         return await durable_worker(
             self._js,
             Stream.USAGE,
@@ -75,48 +170,39 @@ class UsageFolder:
             ack_wait_seconds=self._ack_wait,
             max_deliver=-1,
             max_ack_pending=self._batch_size * 8,
-            rewind=self._rewind,
-            linger_seconds=self._linger,  # a memory used by many searches is rewritten once
+            rewind=self._table.created,
+            linger_seconds=self._linger,  # a memory used by many searches is written once
         )
 
     async def fold(self, msgs: list[Msg]) -> None:
-        tallies: dict[str, _Tally] = defaultdict(_Tally)
-        wanted: list[tuple[Msg, commands_pb2.AccessRecord, set[str]]] = []
+        """A record names each memory once per use (a name listed twice was used twice). Uses
+        of a memory that has no live head (deleted since the search) are dropped."""
+        wanted: list[tuple[Msg, commands_pb2.AccessRecord, Counter[str]]] = []
         for msg in msgs:
             record = commands_pb2.AccessRecord()
             try:
                 record.ParseFromString(msg.data)
-                ids = Counter(_head_id(name) for name in record.names)
+                names = Counter(record.names)
+                for name in names:
+                    validation.memory_name(name)
             except Exception as err:
                 log.error("dropping malformed usage record seq=%s: %s", msg.metadata.sequence.stream, err)
                 await msg.term()
                 continue
-            wanted.append((msg, record, ids))
-        if not wanted:
-            return
-        pending: set[int] = set()  # positions in wanted of records to retry
+            wanted.append((msg, record, names))
         async with self._index.writing:
-            point_ids = sorted(set().union(*(ids for _, _, ids in wanted)))
-            heads = await self._index.retrieve(point_ids, fields=("role", *records.USAGE_FIELDS))
-            for position, (msg, record, ids) in enumerate(wanted):
+            first_used = {n for _, _, names in wanted for n in names if self._table.get(n) is None}
+            alive = await live(self._index, first_used)
+            folded: dict[str, Use] = {}
+            for msg, record, names in wanted:
                 seq = msg.metadata.sequence.stream
-                for point_id, uses in ids.items():
-                    head = heads.get(point_id)
-                    if head is None:
-                        pending.add(position)
-                    elif head["role"] == Role.HEAD and seq > records.usage_seq(head):
-                        tally = tallies[point_id]
-                        tally.count += uses
-                        tally.seq = max(tally.seq, seq)
-                        tally.last_ns = max(tally.last_ns, record.time.ToNanoseconds())
-            await self._index.set_fields(
-                {
-                    point_id: records.more_usage(heads[point_id], tally.count, tally.last_ns, tally.seq)
-                    for point_id, tally in tallies.items()
-                }
-            )
-        for position, (msg, _, _) in enumerate(wanted):
-            if position in pending:
-                await msg.nak(delay=RETRY_SECONDS)
-            else:
-                await msg.ack()
+                for name, uses in names.items():
+                    stored = self._table.get(name)
+                    if stored is None and name not in alive:
+                        continue
+                    if stored is not None and seq <= stored.seq:
+                        continue  # folded before: a redelivery
+                    count, last_ns, top = folded.get(name) or stored or (0, 0, 0)
+                    folded[name] = Use(count + uses, max(last_ns, record.time.ToNanoseconds()), max(top, seq))
+            await asyncio.to_thread(self._table.put, folded)
+        await asyncio.gather(*(msg.ack() for msg, _, _ in wanted))

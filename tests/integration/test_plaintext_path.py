@@ -104,6 +104,7 @@ async def test_a_short_answer_is_found_by_what_it_answers_and_joins_the_question
     for result in found.results:
         assert result.text.count("[8 May 2023]") == 1  # one date line, also for a span
         assert result.tokens == count_tokens(result.text)
+        assert all(m.tokens == count_tokens(m.text) > 0 for m in result.span)  # counted at write
 
 
 async def test_a_time_the_question_names_is_read_at_its_reference_time(mesh, cube):

@@ -1,5 +1,5 @@
-"""Usage on its way from searches to the index: gathered into one record per cube, named once per
-use, and kept beside the sealed record, not inside it."""
+"""Usage on its way from searches to the vault: gathered into one record per cube, named once per
+use, and folded into the usage table beside the index, not into the sealed record."""
 
 from __future__ import annotations
 
@@ -12,12 +12,14 @@ from nats.js.api import DeliverPolicy
 
 from memos.type.v1 import memory_pb2
 from memos.vault.v1 import commands_pb2
-from memos_sdk.wire import SUBJECT_PREFIX, Stream
-from services.common.bus import open_jetstream
+from memos_sdk.wire import SUBJECT_PREFIX, Stream, usage_subject
+from services.common.bus import open_jetstream, publish
 from services.common.sealing import SubjectKeys, subject_key_id, unseal
 from services.scheduler.usage import AccessRecorder
 from services.vault import records
+from services.vault.index import EdgeIndex, IndexPoint
 from services.vault.records import Role
+from services.vault.usage import USAGE_FILE, UsageFolder, UsageTable, forget_dead
 
 
 async def _published(js, count: int) -> list[commands_pb2.AccessRecord]:
@@ -69,7 +71,7 @@ async def test_closing_publishes_what_gathered_without_waiting_out_the_linger(na
     assert [(r.cube_id, list(r.names)) for r in found] == [("cube-a", ["cubes/cube-a/memories/1"])]
 
 
-async def test_usage_is_kept_beside_the_sealed_record(nats):
+async def test_the_sealed_record_carries_no_usage(nats):
     memory = memory_pb2.Memory(
         name="cubes/c/memories/m", cube_id="c", memory_id="m", text="I live in Lyon.", version=2
     )
@@ -81,15 +83,65 @@ async def test_usage_is_kept_beside_the_sealed_record(nats):
         js = await open_jetstream(stack, nats.url, "test")
         keys = await SubjectKeys.start(stack, js)
         await keys.key(key_id, create=True)
-        fields = records.payload(memory, Role.HEAD, keys, usage_seq=42)
+        fields = records.payload(memory, Role.HEAD, keys)
         sealed = memory_pb2.Memory.FromString(
             unseal(key_id, keys.cached(key_id), base64.b64decode(fields["record"]))
         )
-        assert not sealed.HasField("usage")  # a fold rewrites the counts, never the record
-        assert (fields["access_count"], fields["usage_seq"]) == (7, 42)
-        assert records.memory_of(fields, keys) == memory
-        folded = fields | records.usage_fields(9, 1_800_000_000 * 10**9, 43)
-        opened = records.memory_of(folded, keys)
-        assert opened.usage.access_count == 9
-        assert opened.usage.last_access_time.seconds == 1_800_000_000
-        assert opened.text == memory.text and records.usage_seq(folded) == 43
+        assert not sealed.HasField("usage")  # usage lives in the usage table
+        assert not {"access_count", "last_access_ns", "usage_seq"} & fields.keys()
+        opened = records.memory_of(fields, keys)
+        assert opened.text == memory.text and not opened.HasField("usage")
+
+
+def _head(cube_id: str, memory_id: str) -> IndexPoint:
+    fields = {"cube": cube_id, "memory_id": memory_id, "role": Role.HEAD.value}
+    return IndexPoint(records.head_id(cube_id, memory_id), fields, dense=[1.0, 0.0, 0.0, 0.0], text="x")
+
+
+async def _fetch_all(js, count: int):
+    """The usage stream's messages, from a consumer of their own (a redelivery, for the folder)."""
+    sub = await js.pull_subscribe(f"{SUBJECT_PREFIX}.usage.>", stream=Stream.USAGE)
+    return await sub.fetch(count, timeout=5)
+
+
+async def test_uses_fold_into_the_table_once_each_for_live_memories_only(nats, tmp_path):
+    index = EdgeIndex(tmp_path / "index", dim=4, bm25_avg_len=8.0)
+    await index.open()
+    live_id, gone_id = "a" * 32, "b" * 32
+    live, gone = f"cubes/c/memories/{live_id}", f"cubes/c/memories/{gone_id}"
+    await index.write(
+        [_head("c", live_id), IndexPoint(records.head_id("c", gone_id), records.tombstone("c", gone_id, 2))],
+        [],
+    )
+    table = UsageTable.open(tmp_path / USAGE_FILE)
+    try:
+        async with AsyncExitStack() as stack:
+            js = await open_jetstream(stack, nats.url, "test")
+            folder = UsageFolder(js, index, table, batch_size=16, ack_wait_seconds=5)
+            first, last = Timestamp(seconds=1_700_000_000), Timestamp(seconds=1_700_000_100)
+            for msg_id, names, at in (("u1", [live, live, gone], first), ("u2", [live], last)):
+                record = commands_pb2.AccessRecord(cube_id="c", names=names, time=at)
+                await publish(js, usage_subject("c"), record.SerializeToString(), msg_id=msg_id)
+            await folder.fold(await _fetch_all(js, 2))
+            assert table.get(live) == (3, last.ToNanoseconds(), 2)  # a name listed twice: two uses
+            assert table.get(gone) is None  # deleted since the search: no row
+            await folder.fold(await _fetch_all(js, 2))  # delivered again
+            assert table.get(live).count == 3
+
+            memory = memory_pb2.Memory(name=live)
+            table.fill(memory)
+            assert memory.usage.access_count == 3
+            assert memory.usage.last_access_time == last
+
+            table.close()
+            table = UsageTable.open(tmp_path / USAGE_FILE)  # what was folded is on disk
+            assert table.get(live) == (3, last.ToNanoseconds(), 2)
+
+            await index.write(
+                [IndexPoint(records.head_id("c", live_id), records.tombstone("c", live_id, 2))], []
+            )
+            await forget_dead(index, table, "c")
+            assert len(table) == 0
+    finally:
+        table.close()
+        await index.close()

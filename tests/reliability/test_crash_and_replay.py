@@ -15,10 +15,12 @@ from pathlib import Path
 
 import nats as nats_client
 import pytest
+from qdrant_edge import EdgeShard, UpdateOperation
 
 from memos.vault.v1 import commands_pb2
 from memos_sdk import Endpoints, MemosClient
 from memos_sdk.wire import Stream, events_subject, usage_subject
+from services.common import validation
 from services.common.bus import publish, wait_applied
 from services.common.clock import now_timestamp
 from services.common.grpc_host import ServiceHost
@@ -26,7 +28,9 @@ from services.launcher.mesh import health_status
 from services.reader.server import setup as reader_setup
 from services.vault.index import INDEX_DIR, EdgeIndex
 from services.vault.rebuild import pending
+from services.vault.records import head_id
 from services.vault.server import setup as vault_setup
+from services.vault.usage import USAGE_FILE
 from tests.conftest import ROOT, free_port, mesh_keys, mint_token, service_settings, until, wait_for
 
 pytestmark = [pytest.mark.integration, pytest.mark.reliability]
@@ -178,10 +182,10 @@ async def test_a_vault_with_an_empty_index_rebuilds_it_from_the_log(nats, triton
 
 
 async def _index_of_an_old_layout_with_usage(nats_url: str, settings: dict, cube: str) -> tuple[str, str]:
-    """Two memories, the first used twice, in an index of an older layout; the usage stream
-    aged out (usage is folded into the index, not written to the log, and the stream keeps a
-    day): a rebuild for the new layout must take the counts from the index it replaces."""
-    vault_settings = settings["vault"]
+    """Two memories, the first used twice, in an index of a layout that kept usage counts in
+    its heads' payloads (before index-v13), and no usage table; the usage stream aged out (it
+    keeps a day): a rebuild for the new layout must take the counts from the index it replaces."""
+    data_dir = settings["vault"].data_dir
     nc = await nats_client.connect(nats_url)
     js = nc.jetstream()
     async with _writer(nats_url, settings) as client:
@@ -189,7 +193,14 @@ async def _index_of_an_old_layout_with_usage(nats_url: str, settings: dict, cube
         record = commands_pb2.AccessRecord(cube_id=cube, names=[used, used], time=now_timestamp())
         await publish(js, usage_subject(cube), record.SerializeToString(), msg_id=f"{cube}-uses")
         await until(lambda: _used_twice(client, used), "the usage folded")
-    (vault_settings.data_dir / INDEX_DIR).rename(vault_settings.data_dir / "index-v1")
+    old = EdgeShard.load(str(data_dir / INDEX_DIR))
+    legacy = {"access_count": 2, "last_access_ns": now_timestamp().ToNanoseconds(), "usage_seq": 1}
+    old.update(UpdateOperation.set_payload([head_id(*validation.memory_name(used))], legacy))
+    old.flush()
+    old.close()
+    (data_dir / INDEX_DIR).rename(data_dir / "index-v1")
+    for path in data_dir.glob(f"{USAGE_FILE}*"):
+        path.unlink()
     await js.purge_stream(Stream.USAGE)
     await nc.close()
     return used, unused

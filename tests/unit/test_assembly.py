@@ -54,6 +54,24 @@ def test_neighbours_that_match_well_join_the_hit_in_session_order():
     assert [c.memory.name for c in (second, third)] == ["far", "b"]
 
 
+def test_a_span_costs_its_members_stored_counts_less_the_date_lines_it_drops():
+    candidates = [
+        _turn("q", "[8 May 2023] Mel: Where did you go, Caroline?", 1.0, 11),
+        _turn("a", "[8 May 2023] Caroline: To the lake -- it's 3km away.", 0.9, 12),
+        _turn("b", "[8 May 2023] Mel:  Nice!!", 0.8, 13),
+        _turn("c", "[9 May 2023] Mel: Next day.", 0.9, 14),  # another date: it stays
+    ]
+    for c in candidates:
+        c.memory.tokens = count_tokens(c.memory.text)  # as the vault stores them
+    (item,) = assemble(candidates, top_k=10, token_budget=0, join_ratio=0.7, max_span=4)
+    assert item.text.count("[8 May 2023]") == 1 and "[9 May 2023]" in item.text
+    assert item.tokens == count_tokens(item.text)
+    for c in candidates:
+        c.memory.tokens = 0  # none stored (not read from the vault): counted
+    (again,) = assemble(candidates, top_k=10, token_budget=0, join_ratio=0.7, max_span=4)
+    assert again.tokens == item.tokens
+
+
 def test_the_reply_to_a_question_joins_it_however_it_scores():
     candidates = [
         _turn("q", "[8 May 2023] Mel: What did you paint last week?", 1.0, 5),

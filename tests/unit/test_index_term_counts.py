@@ -141,11 +141,3 @@ async def test_a_failed_write_drops_the_counts_and_counts_again(tmp_path):
     await _assert_kept_as_counted(index)
     keeper.cancel()
     await index.close()
-
-
-async def test_set_fields_may_not_change_what_is_counted(tmp_path):
-    index = EdgeIndex(tmp_path / "index", dim=8, bm25_avg_len=20.0)
-    await index.open()
-    with pytest.raises(ValueError):
-        await index.set_fields({_id(1): {"state": ARCHIVED}})
-    await index.close()
