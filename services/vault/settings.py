@@ -17,7 +17,7 @@ class VaultSettings(ServiceSettings, EmbedderSettings):
     apply_batch_size: int = Field(256, gt=0, description="write commands applied together")
     apply_ack_wait_seconds: float = Field(30.0, gt=0, description="redelivery delay of an unacked command")
     usage_fold_seconds: float = Field(
-        2.0, ge=0, description="accesses gather this long between folds into the index (0: at once)"
+        2.0, ge=0, description="accesses gather this long between folds into the usage table (0: at once)"
     )
     created_neighbours: int = Field(
         5, ge=0, le=50, description="closest memories of the same speaker named in a created event (0: none)"
