@@ -86,6 +86,7 @@ class _ServerInterceptor(grpc.aio.ServerInterceptor):
     def __init__(self, gate: Guard, rules: Mapping[str, Rule]) -> None:
         self._gate = gate
         self._rules = rules
+        self._tracer = trace.get_tracer("memos.grpc")  # a lookup under a lock: once, not per call
 
     async def intercept_service(self, continuation, handler_call_details):
         handler = await continuation(handler_call_details)
@@ -94,7 +95,7 @@ class _ServerInterceptor(grpc.aio.ServerInterceptor):
         method = handler_call_details.method
         carrier = {k: v for k, v in (handler_call_details.invocation_metadata or ()) if isinstance(v, str)}
         rule = self._rules[method]
-        tracer = trace.get_tracer("memos.grpc")
+        tracer = self._tracer
 
         async def guard(
             context: grpc.aio.ServicerContext, request: Any, call: Callable[[], Awaitable[Any]]
