@@ -82,9 +82,11 @@ class UsageTable:
         """``memory.usage`` from its row (none: never used)."""
         use = self._rows.get(memory.name)
         if use is not None:
-            memory.usage.access_count = use.count
-            if use.last_ns:
-                memory.usage.last_access_time.FromNanoseconds(use.last_ns)
+            usage = memory.usage
+            usage.access_count = use.count
+            if use.last_ns:  # set directly: FromNanoseconds is Python, and this runs for every result
+                at = usage.last_access_time
+                at.seconds, at.nanos = divmod(use.last_ns, 1_000_000_000)
 
     def put(self, rows: Mapping[str, Use]) -> None:
         if rows:
