@@ -162,6 +162,9 @@ def create_server(
     options = [
         ("grpc.max_receive_message_length", max_message_bytes),
         ("grpc.max_send_message_length", max_message_bytes),
+        # A port another server holds is an error, not shared: with SO_REUSEPORT two services
+        # (or two vaults) on one port would each get part of the calls.
+        ("grpc.so_reuseport", 0),
     ]
     rules = {path: rule for reg in registrations for path, rule in reg.rules().items()}
     interceptors = [_ServerInterceptor(gate, rules)] if gate is not None else []

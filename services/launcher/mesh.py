@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import os
+import random
 import shutil
 import signal
 import socket
@@ -52,11 +53,34 @@ def _bin(name: str) -> str:
     return found
 
 
+_handed_out: set[int] = set()
+
+
+def _ephemeral_low() -> int:
+    """The lowest port the OS picks for a bind to port 0."""
+    try:
+        return int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return 32768
+
+
 def free_port(host: str = "127.0.0.1") -> int:
-    """A port nothing listens on now (for servers started on loopback by tests and benchmarks)."""
-    with socket.socket() as s:
-        s.bind((host, 0))
-        return s.getsockname()[1]
+    """A port nothing is bound to now (for servers started on loopback by tests and benchmarks),
+    never one this process handed out before. Below the range the OS picks from: a server that
+    binds port 0 meanwhile cannot take it before its owner binds it."""
+    low = _ephemeral_low()
+    for _ in range(1000):
+        port = random.randrange(10000, low)
+        if port in _handed_out:
+            continue
+        with socket.socket() as s:
+            try:
+                s.bind((host, port))
+            except OSError:
+                continue
+        _handed_out.add(port)
+        return port
+    raise OSError(f"no free port on {host} below {low}")
 
 
 def port_in_use(host: str, port: int) -> bool:
