@@ -185,7 +185,8 @@ class Applier:
                     if msg.metadata.sequence.stream <= self._published_until:
                         del batch.events[published:]
             await self._index.write(list(batch.upserts.values()), batch.delete_filters)
-            await asyncio.to_thread(self._usage.drop, batch.deleted)
+            if batch.deleted:
+                await asyncio.to_thread(self._usage.drop, batch.deleted)
             for cube_id in batch.erased_in:
                 await forget_dead(self._index, self._usage, cube_id)
         await self._measure_nearest(batch)
