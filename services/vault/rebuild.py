@@ -6,9 +6,10 @@ before. While the marker is there, every start replays the whole log into the in
 replay converges) and publishes no event for those writes. Once the replay has passed that
 sequence, the index is flushed, the directories of older layouts are deleted and the marker
 removed. Usage counts live beside the index (usage.py) and outlive it; an index of a layout
-that kept them in its payloads hands them over first. A crash at any point leaves either a complete index or a marker that starts the rebuild over; never an index
-that misses writes the consumer has already acked, nor a stale older layout that a downgraded
-vault would take for current.
+that kept them in its payloads hands them over first. A crash at any point leaves either a
+complete index or a marker that starts the rebuild over; never an index that misses writes the
+consumer has already acked, nor a stale older layout that a downgraded vault would take for
+current.
 """
 
 from __future__ import annotations

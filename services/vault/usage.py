@@ -4,7 +4,8 @@ lifecycle's decay and promotion rules read them from every memory the vault retu
 The counts live in a table beside the index (SQLite in the vault's data directory, mirrored in
 memory), by memory name, not in the index points' payloads: rewriting a point for a use cost
 about 60 µs of engine time, as much as the search that made the use, on the core the next
-search needs; a row costs about 8 (docs/benchmarks.md). The table also outlives index rebuilds.
+search needs; a row costs about 4, a fold being one transaction (docs/benchmarks.md). The table
+also outlives index rebuilds.
 
 Never twice: a row remembers the last usage message folded into it (``seq``), so a redelivered
 message counts nowhere twice. Only live memories have rows: a memory's first use is checked
@@ -197,7 +198,7 @@ class UsageFolder:
             alive = await live(self._index, first_used)
             folded: dict[str, Use] = {}
             for msg, record, names in wanted:
-                seq = msg.metadata.sequence.stream
+                seq, used_ns = msg.metadata.sequence.stream, record.time.ToNanoseconds()
                 for name, uses in names.items():
                     stored = self._table.get(name)
                     if stored is None and name not in alive:
@@ -205,6 +206,6 @@ class UsageFolder:
                     if stored is not None and seq <= stored.seq:
                         continue  # folded before: a redelivery
                     count, last_ns, top = folded.get(name) or stored or (0, 0, 0)
-                    folded[name] = Use(count + uses, max(last_ns, record.time.ToNanoseconds()), max(top, seq))
+                    folded[name] = Use(count + uses, max(last_ns, used_ns), max(top, seq))
             await asyncio.to_thread(self._table.put, folded)
         await asyncio.gather(*(msg.ack() for msg, _, _ in wanted))
