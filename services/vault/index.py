@@ -70,7 +70,7 @@ CONTEXT_DENSE = "context_dense"
 DENSE_KEYS = (DENSE, CONTEXT_DENSE)
 # The shard's directory under the data dir; a new layout gets a new name, and the vault
 # rebuilds it by replaying the write log.
-INDEX_DIR = "index-v13"
+INDEX_DIR = "index-v14"
 _LAYOUT = re.compile(r"index-v(\d+)")
 KEYWORD_FIELDS = (
     "cube",

@@ -4,8 +4,10 @@ Each memory has a *head* point (its current version, searchable) at a fixed id; 
 version is a *version* point; a deleted memory leaves a *tombstone* head (no vectors) so a late
 replay of an old write cannot bring it back.
 
-A point's payload is the record (the protobuf, sealed) plus plain fields for filters. Usage
-counts are not in the index (usage.py).
+A point's payload is the record (the protobuf, sealed) plus plain fields for filters. A memory's
+index context (the conversation around a short turn, which only its index key is read from) is
+sealed apart: it is over half a record's bytes, and a search, which never returns it, does not
+read it. Usage counts are not in the index (usage.py).
 """
 
 from __future__ import annotations
@@ -48,13 +50,19 @@ def turn_keys(memory: memory_pb2.Memory) -> list[str]:
     return [f"{s.session_id}#{s.turn_id}" for s in memory.provenance.sources if s.turn_id]
 
 
+def _context_aad(key_id: str) -> str:
+    # Sealed under its own associated data: a context cannot be passed off as a record.
+    return f"{key_id}/index_context"
+
+
 def payload(memory: memory_pb2.Memory, role: Role, keys: SubjectKeys) -> dict[str, object]:
-    """Filterable fields plus the whole record (the protobuf without its usage, sealed with its
-    subject key, base64) for lossless reads. The key must be known to ``keys`` already (the
-    applier fetched it)."""
+    """Filterable fields plus the whole record (the protobuf without its usage and index
+    context, sealed with its subject key, base64) and the index context (sealed likewise) for
+    lossless reads. The key must be known to ``keys`` already (the applier fetched it)."""
     sealed = memory_pb2.Memory()
     sealed.CopyFrom(memory)
     sealed.ClearField("usage")
+    sealed.ClearField("index_context")
     key_id = subject_key_id(memory.cube_id, memory.provenance.principal)
     key = keys.cached(key_id)
     if key is None:
@@ -76,6 +84,9 @@ def payload(memory: memory_pb2.Memory, role: Role, keys: SubjectKeys) -> dict[st
         "key": key_id,
         "record": base64.b64encode(seal(key_id, key, sealed.SerializeToString())).decode("ascii"),
     }
+    if memory.index_context:
+        context = seal(_context_aad(key_id), key, memory.index_context.encode())
+        fields["context"] = base64.b64encode(context).decode("ascii")
     event_time = _rfc3339(memory.event_time)
     if event_time:
         fields["event_time"] = event_time
@@ -88,7 +99,8 @@ def tombstone(cube_id: str, memory_id: str, version: int) -> dict[str, object]:
     return {"cube": cube_id, "memory_id": memory_id, "role": Role.TOMBSTONE.value, "version": version}
 
 
-# What memory_of reads, with the memory id: all a reader of records asks of the index.
+# What a search reads: the memory id and the record, without the index context (never
+# returned by a search). A whole payload is read where the context is wanted.
 RECORD_FIELDS = ("memory_id", "record", "key")
 
 
@@ -101,15 +113,21 @@ def memory_of(fields: dict[str, object], keys: SubjectKeys) -> memory_pb2.Memory
 
 def read_into(memory: memory_pb2.Memory, fields: Mapping[str, object], keys: SubjectKeys) -> None:
     """``memory`` made the record, opened in place (no copy into a reply), without its usage
-    (usage.py); Erased when its subject key was destroyed."""
+    (usage.py), with its index context when ``fields`` hold it; Erased when its subject key was
+    destroyed."""
     data = binascii.a2b_base64(str(fields["record"]))
+    context = binascii.a2b_base64(str(fields["context"])) if fields.get("context") else b""
     key_id = fields.get("key")
     if key_id:
         key = keys.cached(str(key_id))
         if key is None:
             raise Erased(str(key_id))
         data = unseal(str(key_id), key, data)
+        if context:
+            context = unseal(_context_aad(str(key_id)), key, context)
     memory.ParseFromString(data)
+    if context:
+        memory.index_context = context.decode()
 
 
 def readable(payloads: list[dict[str, object]], keys: SubjectKeys) -> list[memory_pb2.Memory]:

@@ -196,8 +196,6 @@ class VaultServicer(vault_pb2_grpc.VaultServiceServicer):
         replies, questions = await self._exchanges(flt, found, request.replies, request.questions)
         response.replies.extend(replies)
         response.questions.extend(questions)
-        for memory in (*found, *response.replies, *response.questions):
-            memory.ClearField("index_context")  # an index key, never injected
         return response
 
     async def _exchanges(

@@ -215,6 +215,13 @@ async def test_turns_added_one_request_at_a_time_are_neighbours(mesh, cube):
     assert positions == [positions[0], positions[0] + 1, positions[0] + 2]
     # A short reply is indexed with the question said in the request before.
     assert listed["D1:2"].index_context.endswith(f"Nate: {turns[0][1]} Joanna: {turns[1][1]}")
+    # A query's hits come without it (an index key, never injected); a read has it.
+    hits = await mesh.client.vault.Query(
+        vault_pb2.QueryRequest(cube_id=cube, text="drama and romance", limit=3)
+    )
+    hit = next(r.memory for r in hits.results if r.memory.name == listed["D1:2"].name)
+    assert not hit.index_context
+    assert (await mesh.client.get(hit.name)).index_context == listed["D1:2"].index_context
     # So a search puts the reply, said in the next request, in the question's span.
     top = (await mesh.client.search(cube, "What genre is the screenplay?", top_k=1)).results[0]
     assert [s.turn_id for m in top.span for s in m.provenance.sources][:2] == ["D1:1", "D1:2"]
