@@ -190,13 +190,20 @@ def narrowed(flt: Filter, spec: vault_pb2.MemoryFilter) -> Filter | None:
     return also(flt, *extra) if extra else None
 
 
+def _layout(name: str) -> int | None:
+    """The layout number of an index directory's name; None for another name."""
+    m = _LAYOUT.fullmatch(name)
+    return int(m.group(1)) if m else None
+
+
 def older_layouts(data_dir: Path) -> list[Path]:
     """The index directories under ``data_dir`` of layouts before ``INDEX_DIR``, newest first."""
-    current = int(_LAYOUT.fullmatch(INDEX_DIR).group(1))  # type: ignore[union-attr]
+    current = _layout(INDEX_DIR)
+    assert current is not None
     older = [
-        (int(m.group(1)), path)
+        (layout, path)
         for path in (data_dir.iterdir() if data_dir.is_dir() else ())
-        if (m := _LAYOUT.fullmatch(path.name)) and int(m.group(1)) < current and path.is_dir()
+        if (layout := _layout(path.name)) is not None and layout < current and path.is_dir()
     ]
     return [path for _, path in sorted(older, reverse=True)]
 
@@ -222,8 +229,8 @@ def usage_in(path: Path) -> dict[str, tuple[int, int, int]]:
     heads' payloads: (access count, last access in ns, last usage message folded) by memory
     name, for the heads with any use. The vault now keeps them in a table (usage.py) and takes
     these once. Empty for a later layout, which kept none (not scanned)."""
-    layout = _LAYOUT.fullmatch(path.name)
-    if layout is None or int(layout.group(1)) >= _USAGE_TABLE_LAYOUT:
+    layout = _layout(path.name)
+    if layout is None or layout >= _USAGE_TABLE_LAYOUT:
         return {}
     shard = EdgeShard.load(str(path))
     try:
