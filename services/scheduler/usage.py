@@ -1,9 +1,10 @@
 """Records which memories searches returned (MEMOS_USAGE); the vault folds them into usage counts,
 and the lifecycle's decay and promotion rules read those.
 
-Recording never slows a search down: uses gather for ``linger_seconds`` and go out as one record
-per cube (a memory used n times is named n times), published in the background. A record that
-cannot be published is logged and dropped (usage is a signal, not data).
+Recording never slows a search down: uses gather for ``linger_seconds`` and go out as one record,
+whatever their cubes (a memory used n times is named n times; names carry their cube), published
+in the background: a record a cube cost a message for every search when searches spread over many
+cubes. A record that cannot be published is logged and dropped (usage is a signal, not data).
 """
 
 from __future__ import annotations
@@ -12,7 +13,6 @@ import asyncio
 import contextlib
 import logging
 import uuid
-from collections import defaultdict
 from collections.abc import Iterable
 
 from nats.js import JetStreamContext
@@ -32,7 +32,8 @@ class AccessRecorder:
         self._js = js
         self._enabled = enabled
         self._linger = linger_seconds
-        self._uses: dict[str, list[str]] = defaultdict(list)
+        self._uses: list[str] = []
+        self._cubes: set[str] = set()
         self._gathering = False  # a task is waiting out the linger for the uses gathered so far
         self._closing = asyncio.Event()
         self._tasks: set[asyncio.Task] = set()
@@ -42,7 +43,8 @@ class AccessRecorder:
         names = list(dict.fromkeys(names))
         if not (self._enabled and names):
             return
-        self._uses[cube_id] += names
+        self._uses += names
+        self._cubes.add(cube_id)
         if not self._gathering:
             self._gathering = True
             task = asyncio.create_task(self._publish_after_linger())
@@ -53,17 +55,18 @@ class AccessRecorder:
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(self._closing.wait(), self._linger)
         self._gathering = False
-        uses, self._uses = self._uses, defaultdict(list)
-        for cube_id, names in uses.items():
-            for start in range(0, len(names), MAX_NAMES_PER_RECORD):
-                chunk = names[start : start + MAX_NAMES_PER_RECORD]
-                record = commands_pb2.AccessRecord(cube_id=cube_id, names=chunk, time=now_timestamp())
-                try:
-                    await publish(
-                        self._js, usage_subject(cube_id), record.SerializeToString(), msg_id=uuid.uuid4().hex
-                    )
-                except Exception as err:
-                    log.warning("usage of %d memories in %s not recorded: %s", len(chunk), cube_id, err)
+        names, self._uses = self._uses, []
+        cubes, self._cubes = self._cubes, set()
+        cube_id = cubes.pop() if len(cubes) == 1 else ""  # "": the names of several cubes
+        for start in range(0, len(names), MAX_NAMES_PER_RECORD):
+            chunk = names[start : start + MAX_NAMES_PER_RECORD]
+            record = commands_pb2.AccessRecord(cube_id=cube_id, names=chunk, time=now_timestamp())
+            try:
+                await publish(
+                    self._js, usage_subject(cube_id), record.SerializeToString(), msg_id=uuid.uuid4().hex
+                )
+            except Exception as err:
+                log.warning("usage of %d memories not recorded: %s", len(chunk), err)
 
     async def close(self) -> None:
         """Publish what has gathered, and wait for the records in flight."""

@@ -1,5 +1,5 @@
-"""Usage on its way from searches to the vault: gathered into one record per cube, named once per
-use, and folded into the usage table beside the index, not into the sealed record."""
+"""Usage on its way from searches to the vault: gathered into one record whatever the cubes, named
+once per use, and folded into the usage table beside the index, not into the sealed record."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ from nats.js.api import DeliverPolicy
 
 from memos.type.v1 import memory_pb2
 from memos.vault.v1 import commands_pb2
-from memos_sdk.wire import SUBJECT_PREFIX, Stream, usage_subject
+from memos_sdk.wire import MANY_CUBES, SUBJECT_PREFIX, Stream, usage_subject
 from services.common.bus import open_jetstream, publish
 from services.common.sealing import SubjectKeys, subject_key_id, unseal
 from services.scheduler.usage import AccessRecorder
@@ -39,7 +39,7 @@ async def _published(js, count: int) -> list[commands_pb2.AccessRecord]:
     return found
 
 
-async def test_uses_gather_into_one_record_per_cube_naming_each_use(nats):
+async def test_uses_gather_into_one_record_naming_each_use(nats):
     async with AsyncExitStack() as stack:
         js = await open_jetstream(stack, nats.url, "test")
         recorder = AccessRecorder(js, enabled=True, linger_seconds=0.3)
@@ -49,16 +49,31 @@ async def test_uses_gather_into_one_record_per_cube_naming_each_use(nats):
         await asyncio.sleep(0.6)
         recorder.record("cube-a", ["cubes/cube-a/memories/3"])  # after the window: a record of its own
         await recorder.close()
-        found = await _published(js, 3)
+        found = await _published(js, 2)
         info = await js.stream_info(Stream.USAGE)
-    by_cube = [(r.cube_id, list(r.names)) for r in found]
-    assert by_cube == [
-        # repeats within one search count once; each search is one use
-        ("cube-a", ["cubes/cube-a/memories/1", "cubes/cube-a/memories/2", "cubes/cube-a/memories/1"]),
-        ("cube-b", ["cubes/cube-b/memories/9"]),
+        subjects = [(await js.get_msg(Stream.USAGE, seq)).subject for seq in (1, 2)]
+    assert [(r.cube_id, list(r.names)) for r in found] == [
+        # repeats within one search count once; each search is one use. Several cubes: no cube_id
+        (
+            "",
+            [
+                "cubes/cube-a/memories/1",
+                "cubes/cube-a/memories/2",
+                "cubes/cube-b/memories/9",
+                "cubes/cube-a/memories/1",
+            ],
+        ),
         ("cube-a", ["cubes/cube-a/memories/3"]),
     ]
-    assert info.state.messages == 3
+    assert (
+        subjects
+        == [usage_subject(""), usage_subject("cube-a")]
+        == [
+            f"{SUBJECT_PREFIX}.usage.{MANY_CUBES}",
+            f"{SUBJECT_PREFIX}.usage.cube-a",
+        ]
+    )
+    assert info.state.messages == 2
 
 
 async def test_closing_publishes_what_gathered_without_waiting_out_the_linger(nats):
@@ -109,8 +124,13 @@ async def test_uses_fold_into_the_table_once_each_for_live_memories_only(nats, t
     await index.open()
     live_id, gone_id = "a" * 32, "b" * 32
     live, gone = f"cubes/c/memories/{live_id}", f"cubes/c/memories/{gone_id}"
+    elsewhere = f"cubes/d/memories/{live_id}"  # another cube's memory
     await index.write(
-        [_head("c", live_id), IndexPoint(records.head_id("c", gone_id), records.tombstone("c", gone_id, 2))],
+        [
+            _head("c", live_id),
+            _head("d", live_id),
+            IndexPoint(records.head_id("c", gone_id), records.tombstone("c", gone_id, 2)),
+        ],
         [],
     )
     table = UsageTable.open(tmp_path / USAGE_FILE)
@@ -119,11 +139,15 @@ async def test_uses_fold_into_the_table_once_each_for_live_memories_only(nats, t
             js = await open_jetstream(stack, nats.url, "test")
             folder = UsageFolder(js, index, table, batch_size=16, ack_wait_seconds=5)
             first, last = Timestamp(seconds=1_700_000_000), Timestamp(seconds=1_700_000_100)
-            for msg_id, names, at in (("u1", [live, live, gone], first), ("u2", [live], last)):
-                record = commands_pb2.AccessRecord(cube_id="c", names=names, time=at)
-                await publish(js, usage_subject("c"), record.SerializeToString(), msg_id=msg_id)
+            for msg_id, cube_id, names, at in (
+                ("u1", "c", [live, live, gone], first),
+                ("u2", "", [live, elsewhere], last),  # a record of several cubes
+            ):
+                record = commands_pb2.AccessRecord(cube_id=cube_id, names=names, time=at)
+                await publish(js, usage_subject(cube_id), record.SerializeToString(), msg_id=msg_id)
             await folder.fold(await _fetch_all(js, 2))
             assert table.get(live) == (3, last.ToNanoseconds(), 2)  # a name listed twice: two uses
+            assert table.get(elsewhere) == (1, last.ToNanoseconds(), 2)
             assert table.get(gone) is None  # deleted since the search: no row
             await folder.fold(await _fetch_all(js, 2))  # delivered again
             assert table.get(live).count == 3
@@ -141,7 +165,7 @@ async def test_uses_fold_into_the_table_once_each_for_live_memories_only(nats, t
                 [IndexPoint(records.head_id("c", live_id), records.tombstone("c", live_id, 2))], []
             )
             await forget_dead(index, table, "c")
-            assert len(table) == 0
+            assert len(table) == 1 and table.get(elsewhere)  # only cube c's dead rows go
     finally:
         table.close()
         await index.close()

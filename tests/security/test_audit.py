@@ -17,7 +17,7 @@ from memos_sdk import MemosAPIError
 from memos_sdk.audit import GENESIS, verify_chain
 from memos_sdk.channels import aio_channel
 from memos_sdk.cli import main as memos_cli
-from memos_sdk.wire import Stream, audit_subject
+from memos_sdk.wire import MANY_CUBES, Stream, audit_inbox_subject, audit_subject
 from services.common.audit import AuditTrail
 from services.common.auth import RELAY_HEADER
 from services.common.bus import ensure_streams
@@ -136,7 +136,7 @@ async def _chained(js, n: int, limit_seconds: float = 10.0) -> list[governance_p
         await asyncio.sleep(0.05)
 
 
-async def test_reads_go_to_the_inbox_together_one_message_a_cube_and_each_is_chained(nats):
+async def test_reads_go_to_the_inbox_together_in_one_message_and_each_is_chained_on_its_cube(nats):
     nc = await nats_py.connect(nats.url)
     js = nc.jetstream()
     await ensure_streams(js)
@@ -149,10 +149,16 @@ async def test_reads_go_to_the_inbox_together_one_message_a_cube_and_each_is_cha
         )
         await trail.record(read, wait=False)
     await trail.flush()
-    assert (await js.stream_info(Stream.AUDIT_INBOX)).state.last_seq == 2  # one message a cube
+    # One message for reads of two cubes, on the subject of several cubes' records.
+    inbox = await js.stream_info(Stream.AUDIT_INBOX)
+    assert inbox.state.last_seq == 1
+    assert (await js.get_msg(Stream.AUDIT_INBOX, 1)).subject == audit_inbox_subject(MANY_CUBES)
 
     chained = await _chained(js, 6)
     assert sorted(r.principal for r in chained) == [f"principals/p{i}" for i in range(6)]
+    for cube_id in ("cube-0", "cube-1"):  # each record is chained on the subject of its own cube
+        last = await js.get_last_msg(Stream.AUDIT, audit_subject(cube_id))
+        assert governance_pb2.AuditRecord.FromString(last.data).cube_id == cube_id
     assert verify_chain(chained).intact
     assert {r.service for r in chained} == {"scheduler"}
     for task in tasks:

@@ -94,7 +94,8 @@ def writes_subject(cube_id: str) -> str:
 
 
 def usage_subject(cube_id: str) -> str:
-    return f"{SUBJECT_PREFIX}.usage.{cube_id}"
+    """Usage of one cube's memories; a record of several cubes' goes on MANY_CUBES."""
+    return f"{SUBJECT_PREFIX}.usage.{cube_id or MANY_CUBES}"
 
 
 def jobs_subject(kind: str, cube_id: str) -> str:
@@ -116,9 +117,13 @@ def memory_name(cube_id: str, memory_id: str) -> str:
 
 # Audit records of decisions that name no cube (principals, tokens) use this subject token.
 NO_CUBE = "_"
+# A message that gathers several cubes' records (usage, audit reads) uses this one. Neither
+# can be a cube: cube ids start with a letter or digit.
+MANY_CUBES = "_many"
 
 
 def audit_inbox_subject(cube_id: str) -> str:
+    """The inbox subject of one cube's records; ``MANY_CUBES`` for a batch of several cubes'."""
     return f"{SUBJECT_PREFIX}.audit-inbox.{cube_id or NO_CUBE}"
 
 
