@@ -59,7 +59,7 @@ from services.common import states, validation
 from services.common.errors import InvalidArgument
 from services.common.places import place_key
 
-from .records import Role
+from .records import LIVE_IN, Role
 from .terms import COUNTED_FIELDS, TERMS, TermCounts
 
 log = logging.getLogger(__name__)
@@ -70,7 +70,7 @@ CONTEXT_DENSE = "context_dense"
 DENSE_KEYS = (DENSE, CONTEXT_DENSE)
 # The shard's directory under the data dir; a new layout gets a new name, and the vault
 # rebuilds it by replaying the write log.
-INDEX_DIR = "index-v14"
+INDEX_DIR = "index-v15"
 _LAYOUT = re.compile(r"index-v(\d+)")
 KEYWORD_FIELDS = (
     "cube",
@@ -85,6 +85,7 @@ KEYWORD_FIELDS = (
     "tags",
     "turns",
     "place",  # places.place_key: the reply to a question is looked up by its place
+    LIVE_IN,
 )
 _HEAD = FieldCondition(key="role", match=MatchValue(Role.HEAD.value))
 
@@ -106,14 +107,20 @@ def memory_filter(
     """The tenant boundary is here: every condition set starts with the cube.
 
     Heads are filtered to the states ``spec`` names, or to the live states when it names none,
-    and to the kinds it names, or to plaintext.
+    and to the kinds it names, or to plaintext. The live plaintext heads of a cube are one
+    condition (records.LIVE_IN).
     """
-    must: list[Any] = [
-        FieldCondition(key="cube", match=MatchValue(cube_id)),
-        FieldCondition(key="role", match=MatchValue(role.value)),
-    ]
+    plain = role == Role.HEAD and (spec is None or not (spec.states or spec.kinds))
+    must: list[Any] = (
+        [FieldCondition(key=LIVE_IN, match=MatchValue(cube_id))]
+        if plain
+        else [
+            FieldCondition(key="cube", match=MatchValue(cube_id)),
+            FieldCondition(key="role", match=MatchValue(role.value)),
+        ]
+    )
     must += [FieldCondition(key=key, match=MatchValue(value)) for key, value in exact.items()]
-    if role == Role.HEAD:
+    if role == Role.HEAD and not plain:
         wanted = spec.states if spec is not None and spec.states else sorted(states.LIVE)
         names = [memory_pb2.MemoryState.Name(s) for s in wanted]
         must.append(FieldCondition(key="state", match=MatchAny(names)))
@@ -400,7 +407,7 @@ class EdgeIndex:
             if self._counts is not None:
                 self._counts.change([*before.values(), *deleted], after)
             elif self._dirty is not None:
-                self._dirty.update(p["cube"] for p in (*before.values(), *after, *deleted) if "cube" in p)
+                self._dirty.update(p[LIVE_IN] for p in (*before.values(), *after, *deleted) if LIVE_IN in p)
 
         self._changed = True
         await self._run(self._counting_lost_on_error, write)

@@ -21,9 +21,12 @@ from enum import StrEnum
 from google.protobuf.timestamp_pb2 import Timestamp
 
 from memos.type.v1 import memory_pb2
+from services.common import states
 from services.common.places import place, place_key
 from services.common.sealing import Erased, SubjectKeys, seal, subject_key_id, unseal
 
+_PLAINTEXT = memory_pb2.MemoryKind.Name(memory_pb2.MEMORY_KIND_PLAINTEXT)
+_LIVE = frozenset(memory_pb2.MemoryState.Name(s) for s in states.LIVE)
 _NAMESPACE = uuid.UUID("6f1c2a0e-4d0b-5b0e-9a57-6d656d6f7321")
 
 
@@ -31,6 +34,13 @@ class Role(StrEnum):
     HEAD = "head"
     VERSION = "version"
     TOMBSTONE = "tombstone"
+
+
+# On a live plaintext head, its cube: the points a plain search selects, in one condition
+# (index.memory_filter) instead of four (cube, role, state, kind). Every list of a search checks
+# its filter on each point of the cube: four conditions cost 0.4 ms of a LongMemEval search,
+# and more in a shard filled by the running process.
+LIVE_IN = "live_in"
 
 
 def head_id(cube_id: str, memory_id: str) -> str:
@@ -92,7 +102,15 @@ def payload(memory: memory_pb2.Memory, role: Role, keys: SubjectKeys) -> dict[st
         fields["event_time"] = event_time
     if (at := place(memory)) is not None:
         fields["place"] = place_key(at)
-    return fields
+    return with_live_in(fields)
+
+
+def with_live_in(fields: Mapping[str, object]) -> dict[str, object]:
+    """``fields`` with LIVE_IN when they are a live plaintext head's, and without it otherwise."""
+    out = {key: value for key, value in fields.items() if key != LIVE_IN}
+    if fields.get("role") == Role.HEAD and fields.get("state") in _LIVE and fields.get("kind") == _PLAINTEXT:
+        out[LIVE_IN] = fields["cube"]
+    return out
 
 
 def tombstone(cube_id: str, memory_id: str, version: int) -> dict[str, object]:

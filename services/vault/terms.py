@@ -13,26 +13,12 @@ from collections import Counter
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
-from memos.type.v1 import memory_pb2
-from services.common import states
-
-from .records import Role
+from .records import LIVE_IN
 
 TERMS = "bm25_terms"  # payload: the term ids of a point's BM25 vector, to count document frequencies
-# What decides whether a point is counted, and what it adds.
-COUNTED_FIELDS = ("cube", "role", "state", "kind", TERMS)
-_LIVE = frozenset(memory_pb2.MemoryState.Name(s) for s in states.LIVE)
-_PLAINTEXT = memory_pb2.MemoryKind.Name(memory_pb2.MEMORY_KIND_PLAINTEXT)
-
-
-def counted(payload: Mapping[str, Any]) -> bool:
-    """Whether a plain search of its cube selects the point (``index.memory_filter`` with no
-    spec): a live plaintext head."""
-    return (
-        payload.get("role") == Role.HEAD.value
-        and payload.get("state") in _LIVE
-        and payload.get("kind") == _PLAINTEXT
-    )
+# What decides whether a point is counted (a plain search of its cube selects it: a live
+# plaintext head, records.LIVE_IN), in which cube, and what it adds.
+COUNTED_FIELDS = (LIVE_IN, TERMS)
 
 
 class TermCounts:
@@ -47,8 +33,8 @@ class TermCounts:
         deleted, and points written)."""
         for payloads, step in ((before, -1), (after, 1)):
             for payload in payloads:
-                if counted(payload):
-                    self._add(str(payload["cube"]), payload.get(TERMS) or (), step)
+                if LIVE_IN in payload:
+                    self._add(str(payload[LIVE_IN]), payload.get(TERMS) or (), step)
 
     def _add(self, cube: str, terms: Iterable[int], step: int) -> None:
         self._points[cube] += step

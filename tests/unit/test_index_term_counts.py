@@ -9,8 +9,11 @@ import numpy as np
 import pytest
 from qdrant_edge import FieldCondition, Filter, MatchValue
 
+from memos.type.v1 import memory_pb2
+from memos.vault.v1 import vault_pb2
+from services.common import states
 from services.vault.index import EdgeIndex, IndexPoint, memory_filter
-from services.vault.records import Role
+from services.vault.records import Role, with_live_in
 
 WORDS = "pottery class lake walk saturday greyhound garden violin paint sunset".split()
 LIVE, ARCHIVED = "MEMORY_STATE_ACTIVATED", "MEMORY_STATE_ARCHIVED"
@@ -25,11 +28,11 @@ def _head(cube: str, i: int, text: str, state: str = LIVE, kind: str = PLAINTEXT
     vector = np.random.default_rng(i).normal(size=8).astype(np.float32)
     vector /= np.linalg.norm(vector)
     payload = {"cube": cube, "memory_id": str(i), "role": Role.HEAD.value, "state": state, "kind": kind}
-    return IndexPoint(_id(i), payload, dense=vector.tolist(), text=text)
+    return IndexPoint(_id(i), with_live_in(payload), dense=vector.tolist(), text=text)
 
 
 def _restated(point: IndexPoint, state: str) -> IndexPoint:
-    return IndexPoint(point.id, {**point.payload, "state": state}, keep_vectors=True)
+    return IndexPoint(point.id, with_live_in({**point.payload, "state": state}), keep_vectors=True)
 
 
 async def _idf(index: EdgeIndex, cube: str, *, kept: bool) -> dict[int, float]:
@@ -39,10 +42,18 @@ async def _idf(index: EdgeIndex, cube: str, *, kept: bool) -> dict[int, float]:
     return dict(zip(vector.indices, vector.values, strict=True)) if vector else {}
 
 
+async def _selected(index: EdgeIndex, cube: str, spec: vault_pb2.MemoryFilter | None = None) -> list[str]:
+    found, _ = await index.scroll(memory_filter(cube, Role.HEAD, spec), None, 1000, ("memory_id",))
+    return sorted(p["memory_id"] for p in found)
+
+
 async def _assert_kept_as_counted(index: EdgeIndex) -> None:
     assert index._counts is not None, "the counts are in use"
+    spelled_out = vault_pb2.MemoryFilter(states=sorted(states.LIVE), kinds=[memory_pb2.MEMORY_KIND_PLAINTEXT])
     for cube in ("a", "b", "empty"):
         assert await _idf(index, cube, kept=True) == pytest.approx(await _idf(index, cube, kept=False))
+        # A plain search's one condition (records.LIVE_IN) selects what the four conditions do.
+        assert await _selected(index, cube) == await _selected(index, cube, spelled_out)
 
 
 async def _counted(index: EdgeIndex) -> None:

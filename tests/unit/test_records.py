@@ -62,3 +62,22 @@ def test_a_destroyed_key_opens_neither():
     del keys._keys[key_id]
     with pytest.raises(Erased):
         records.memory_of(fields, keys)
+
+
+@pytest.mark.parametrize(
+    ("role", "state", "kind", "searched"),
+    [
+        (Role.HEAD, memory_pb2.MEMORY_STATE_GENERATED, memory_pb2.MEMORY_KIND_PLAINTEXT, True),
+        (Role.HEAD, memory_pb2.MEMORY_STATE_ACTIVATED, memory_pb2.MEMORY_KIND_UNSPECIFIED, True),
+        (Role.HEAD, memory_pb2.MEMORY_STATE_ARCHIVED, memory_pb2.MEMORY_KIND_PLAINTEXT, False),
+        (Role.HEAD, memory_pb2.MEMORY_STATE_GENERATED, memory_pb2.MEMORY_KIND_ACTIVATION, False),
+        (Role.VERSION, memory_pb2.MEMORY_STATE_GENERATED, memory_pb2.MEMORY_KIND_PLAINTEXT, False),
+    ],
+)
+def test_only_a_live_plaintext_head_is_marked_for_plain_searches_of_its_cube(role, state, kind, searched):
+    memory = _memory()
+    memory.state, memory.kind = state, kind
+    fields = records.payload(memory, role, _keys_with(subject_key_id("c", "")))
+    assert fields.get(records.LIVE_IN) == ("c" if searched else None)
+    archived = records.with_live_in({**fields, "state": "MEMORY_STATE_ARCHIVED"})
+    assert records.LIVE_IN not in archived
