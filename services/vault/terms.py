@@ -38,11 +38,16 @@ class TermCounts:
 
     def _add(self, cube: str, terms: Iterable[int], step: int) -> None:
         self._points[cube] += step
-        holding = self._holding.setdefault(cube, Counter())
-        for term in terms:
-            holding[term] += step
-            if not holding[term]:
-                del holding[term]
+        holding = self._holding.get(cube)
+        if holding is None:
+            holding = self._holding[cube] = Counter()
+        if step > 0:
+            holding.update(terms)  # in C: 1.2-1.6 s instead of 2.4 s for 96,000 memories
+        else:
+            for term in terms:
+                holding[term] -= 1
+                if not holding[term]:
+                    del holding[term]
         if not self._points[cube]:
             del self._points[cube]
             self._holding.pop(cube, None)

@@ -187,7 +187,8 @@ class UsageFolder:
                 record.ParseFromString(msg.data)
                 names = Counter(record.names)
                 for name in names:
-                    validation.memory_name(name)
+                    if self._table.get(name) is None:  # a name with a row was checked before
+                        validation.memory_name(name)
             except Exception as err:
                 log.error("dropping malformed usage record seq=%s: %s", msg.metadata.sequence.stream, err)
                 await msg.term()

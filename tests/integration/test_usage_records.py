@@ -169,3 +169,26 @@ async def test_uses_fold_into_the_table_once_each_for_live_memories_only(nats, t
     finally:
         table.close()
         await index.close()
+
+
+async def test_a_record_with_a_malformed_name_is_dropped_and_the_others_fold(nats, tmp_path):
+    index = EdgeIndex(tmp_path / "index", dim=4, bm25_avg_len=8.0)
+    await index.open()
+    memory_id = "a" * 32
+    name = f"cubes/c/memories/{memory_id}"
+    await index.write([_head("c", memory_id)], [])
+    table = UsageTable.open(tmp_path / USAGE_FILE)
+    try:
+        async with AsyncExitStack() as stack:
+            js = await open_jetstream(stack, nats.url, "test")
+            folder = UsageFolder(js, index, table, batch_size=16, ack_wait_seconds=5)
+            at = Timestamp(seconds=1_700_000_000)
+            for msg_id, names in (("u1", [name]), ("u2", [name, "cubes/c/memories/../x"]), ("u3", [name])):
+                record = commands_pb2.AccessRecord(cube_id="c", names=names, time=at)
+                await publish(js, usage_subject("c"), record.SerializeToString(), msg_id=msg_id)
+            await folder.fold(await _fetch_all(js, 3))
+            assert table.get(name).count == 2  # u1 and u3; none of u2, whose other name has a row
+            assert len(table) == 1
+    finally:
+        table.close()
+        await index.close()
