@@ -7,6 +7,7 @@ import asyncio
 import base64
 from contextlib import AsyncExitStack
 
+import pytest
 from google.protobuf.timestamp_pb2 import Timestamp
 from nats.js.api import DeliverPolicy
 
@@ -189,6 +190,43 @@ async def test_a_record_with_a_malformed_name_is_dropped_and_the_others_fold(nat
             await folder.fold(await _fetch_all(js, 3))
             assert table.get(name).count == 2  # u1 and u3; none of u2, whose other name has a row
             assert len(table) == 1
+    finally:
+        table.close()
+        await index.close()
+
+
+class _FailingOnce(UsageTable):
+    """A table whose second transaction fails, once: a fold stopped partway (a crash)."""
+
+    puts = 0
+
+    def put(self, rows):
+        self.puts += 1
+        if self.puts == 2:
+            raise OSError("disk gone")
+        super().put(rows)
+
+
+async def test_a_fold_stopped_between_transactions_counts_each_use_once_when_redone(nats, tmp_path):
+    index = EdgeIndex(tmp_path / "index", dim=4, bm25_avg_len=8.0)
+    await index.open()
+    ids = [c * 32 for c in "abc"]
+    names = [f"cubes/c/memories/{memory_id}" for memory_id in ids]
+    await index.write([_head("c", memory_id) for memory_id in ids], [])
+    table = _FailingOnce.open(tmp_path / USAGE_FILE)
+    try:
+        async with AsyncExitStack() as stack:
+            js = await open_jetstream(stack, nats.url, "test")
+            folder = UsageFolder(js, index, table, batch_size=16, ack_wait_seconds=5, rows_per_transaction=1)
+            at = Timestamp(seconds=1_700_000_000)
+            for msg_id in ("u1", "u2"):
+                record = commands_pb2.AccessRecord(cube_id="c", names=names, time=at)
+                await publish(js, usage_subject("c"), record.SerializeToString(), msg_id=msg_id)
+            with pytest.raises(OSError):
+                await folder.fold(await _fetch_all(js, 2))
+            assert [table.get(name) and table.get(name).count for name in names] == [2, None, None]
+            await folder.fold(await _fetch_all(js, 2))  # delivered again
+            assert [table.get(name).count for name in names] == [2, 2, 2]
     finally:
         table.close()
         await index.close()
