@@ -19,6 +19,7 @@ import logging
 import math
 import re
 import time
+import uuid
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -59,7 +60,8 @@ from services.common import states, validation
 from services.common.errors import InvalidArgument
 from services.common.places import place_key
 
-from .records import LIVE_IN, Role
+from .live_records import LiveRecords
+from .records import LIVE_IN, RECORD_FIELDS, Role
 from .terms import COUNTED_FIELDS, TERMS, TermCounts
 
 log = logging.getLogger(__name__)
@@ -89,8 +91,9 @@ KEYWORD_FIELDS = (
 )
 _HEAD = FieldCondition(key="role", match=MatchValue(Role.HEAD.value))
 # Heads counted a turn of the engine's thread (keep_term_counts): about 15 ms, which a search
-# that comes meanwhile waits for.
+# that comes meanwhile waits for. The count also fills the mirrored records (live_records.py).
 _COUNT_PAGE = 256
+_COUNTED_AND_READ = (*COUNTED_FIELDS, *RECORD_FIELDS)
 
 
 @dataclass(frozen=True, slots=True)
@@ -275,6 +278,7 @@ class EdgeIndex:
         self._counts: TermCounts | None = None
         self._dirty: set[str] | None = None
         self._recount = asyncio.Event()
+        self._live = LiveRecords()  # filled by writes and by the term count
         self._loop: asyncio.AbstractEventLoop | None = None
         # Held from reading heads to writing them back (write log and usage both change heads).
         self.writing = asyncio.Lock()
@@ -346,6 +350,7 @@ class EdgeIndex:
                 self._shard.flush()
                 self._shard.close()
                 self._shard = None
+            self._live.clear()
 
         await self._run(close)
         self._executor.shutdown(wait=True)
@@ -381,7 +386,7 @@ class EdgeIndex:
 
         def write() -> None:
             before = self._payloads([p.id for p in upserts], COUNTED_FIELDS)
-            points, after = [], []
+            points, after, fresh = [], [], []
             for p in upserts:
                 if p.keep_vectors:
                     # A new payload for a point that keeps its vectors keeps its BM25 terms too.
@@ -390,6 +395,7 @@ class EdgeIndex:
                     self.shard.update(UpdateOperation.overwrite_payload([p.id], payload))
                     if p.id in before:
                         after.append(payload)
+                        self._live.written(uuid.UUID(p.id).int, payload)
                     continue
                 vectors: dict[str, Any] = {}
                 payload = p.payload
@@ -400,13 +406,18 @@ class EdgeIndex:
                     if p.context is not None:
                         vectors[CONTEXT_DENSE] = p.context
                 points.append(Point(p.id, vectors, payload))
+                fresh.append((p.id, payload))
                 after.append(payload)
             if points:
                 self.shard.update(UpdateOperation.upsert_points(points))
+                for point_id, payload in fresh:
+                    self._live.written(uuid.UUID(point_id).int, payload)
             deleted: list[dict[str, Any]] = []
             for flt in delete_filters:
-                deleted += self._scroll_all(also(flt, _HEAD), COUNTED_FIELDS)
+                heads = self._scroll_all(also(flt, _HEAD), COUNTED_FIELDS)
                 self.shard.update(UpdateOperation.delete_points_by_filter(flt))
+                self._live.deleted(r.id.int for r in heads)
+                deleted += [r.payload or {} for r in heads]
             if self._counts is not None:
                 self._counts.change([*before.values(), *deleted], after)
             elif self._dirty is not None:
@@ -416,12 +427,14 @@ class EdgeIndex:
         await self._run(self._counting_lost_on_error, write)
 
     def _counting_lost_on_error(self, fn) -> None:
-        """``fn()``; when it fails part way, the term counts may no longer match the index, so
-        they are dropped and counted again. On the engine's thread."""
+        """``fn()``; when it fails part way, the term counts and the mirrored records may no
+        longer match the index, so they are dropped, and counted and read again. On the
+        engine's thread."""
         try:
             fn()
         except BaseException:
             self._counts = self._dirty = None
+            self._live.clear()
             if self._loop is not None:
                 self._loop.call_soon_threadsafe(self._recount.set)
             raise
@@ -443,12 +456,12 @@ class EdgeIndex:
         records, offset = _scroll(self.shard, flt, offset, limit, fields)
         return [r.payload or {} for r in records], offset
 
-    def _scroll_all(self, flt: Filter, fields: Sequence[str]) -> list[dict[str, Any]]:
-        """``fields`` of every point ``flt`` selects. On the engine's thread."""
-        found: list[dict[str, Any]] = []
+    def _scroll_all(self, flt: Filter, fields: Sequence[str]) -> list[Any]:
+        """Every point ``flt`` selects, with its id and ``fields``. On the engine's thread."""
+        found: list[Any] = []
         offset = None
         while True:
-            page, offset = self._scroll_page(flt, offset, 1024, fields)
+            page, offset = _scroll(self.shard, flt, offset, 1024, fields)
             found += page
             if offset is None:
                 return found
@@ -483,8 +496,11 @@ class EdgeIndex:
 
         def page(offset: Any) -> Any:
             nonlocal heads
-            payloads, offset = self._scroll_page(Filter(must=[_HEAD]), offset, _COUNT_PAGE, COUNTED_FIELDS)
+            found, offset = _scroll(self.shard, Filter(must=[_HEAD]), offset, _COUNT_PAGE, _COUNTED_AND_READ)
+            payloads = [r.payload or {} for r in found]
             counts.change((), payloads)
+            for record, payload in zip(found, payloads, strict=True):
+                self._live.written(record.id.int, payload)
             heads += len(payloads)
             return offset
 
@@ -493,7 +509,9 @@ class EdgeIndex:
                 return False
             for cube in self._dirty:
                 plain_search = memory_filter(cube, Role.HEAD)  # what TermCounts counts of a cube
-                counts.replace_cube(cube, self._scroll_all(plain_search, COUNTED_FIELDS))
+                counts.replace_cube(
+                    cube, [r.payload or {} for r in self._scroll_all(plain_search, COUNTED_FIELDS)]
+                )
             self._counts, self._dirty = counts, None
             return True
 
@@ -650,11 +668,16 @@ class EdgeIndex:
                 for key in ids
             }
             best = [ids[key] for key in sorted(fused, key=lambda key: (-fused[key], key))[:limit]]
-            selector = PayloadSelector.Include(list(fields)) if fields else True
-            records = {
-                r.id.int: r.payload or {}
-                for r in self.shard.retrieve(best, with_payload=selector, with_vector=False)
-            }
+            records: dict[int, dict[str, Any]] = {}
+            if tuple(fields) == RECORD_FIELDS:
+                for key in (p.int for p in best):
+                    if (mirrored := self._live.get(key)) is not None:
+                        records[key] = mirrored
+            unread = [p for p in best if p.int not in records]
+            if unread:
+                selector = PayloadSelector.Include(list(fields)) if fields else True
+                for r in self.shard.retrieve(unread, with_payload=selector, with_vector=False):
+                    records[r.id.int] = r.payload or {}
             return [(records[p.int], fused[p.int]) for p in best if p.int in records]
 
         return await self._run(query)
