@@ -278,6 +278,7 @@ class EdgeIndex:
         self._counts: TermCounts | None = None
         self._dirty: set[str] | None = None
         self._recount = asyncio.Event()
+        self._warm = asyncio.Event()  # set once the terms are counted (and the records mirrored)
         self._live = LiveRecords()  # filled by writes and by the term count
         self._loop: asyncio.AbstractEventLoop | None = None
         # Held from reading heads to writing them back (write log and usage both change heads).
@@ -483,8 +484,19 @@ class EdgeIndex:
                     continue
                 elapsed = time.monotonic() - started
                 log.info("counted the BM25 terms of %d memories in %.1fs", counted, elapsed)
+            self._warm.set()
             await self._recount.wait()
             self._recount.clear()
+
+    async def warmed(self, timeout_seconds: float) -> bool:
+        """Wait until the first count (``keep_term_counts``) is done: until then a search counts
+        its terms in the engine and reads its records there, several times slower. False when
+        it was not done in time."""
+        try:
+            await asyncio.wait_for(self._warm.wait(), timeout_seconds)
+        except TimeoutError:
+            return False
+        return True
 
     async def _count_terms(self) -> int | None:
         """The number of heads counted; None when a write failed meanwhile (counted again)."""

@@ -29,6 +29,12 @@ class VaultSettings(ServiceSettings, EmbedderSettings):
     index_flush_seconds: float = Field(
         30.0, gt=0, description="how often the index's changes are flushed (bounds its write-ahead log)"
     )
+    warm_up_timeout_seconds: float = Field(
+        300.0,
+        gt=0,
+        description="at start, how long to wait for the index's term counts and records in memory "
+        "before serving anyway (about 5 s for 100,000 memories)",
+    )
     search_depth: int = Field(100, gt=0, le=1000, description="nearest points fetched per key and side")
     sparse_weight: float = Field(
         0.6, ge=0, description="weight of the normalised BM25 score against the dense cosine"

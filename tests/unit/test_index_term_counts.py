@@ -114,9 +114,11 @@ async def test_an_index_opened_again_counts_its_terms_in_the_background(tmp_path
     await index.open()
     assert index._counts is None, "an index with points starts uncounted (searches count)"
     assert await _idf(index, "a", kept=True) == await _idf(index, "a", kept=False)
+    assert not await index.warmed(0.05), "the vault does not serve before the first count"
     keeper = asyncio.create_task(index.keep_term_counts())
     # Writes while the counting runs mark their cubes, which are counted again at the end.
     await index.write([_head("a", 100 + i, _text(rng)) for i in range(5)], [])
+    assert await index.warmed(10)
     await _counted(index)
     await _assert_kept_as_counted(index)
     keeper.cancel()
@@ -140,6 +142,7 @@ async def test_a_failed_write_drops_the_counts_and_counts_again(tmp_path):
     index = EdgeIndex(tmp_path / "index", dim=8, bm25_avg_len=20.0)
     await index.open()
     keeper = asyncio.create_task(index.keep_term_counts())
+    assert await index.warmed(10), "a new index is counted (empty) at once"
     await index.write([_head("a", 1, "pottery class"), _head("b", 2, "lake walk")], [])
     shard = index._shard
     index._shard = _FailingShard(shard)
