@@ -36,14 +36,15 @@ KV_BUILD_MODEL = "kv_build"
 
 
 def bind_embedder(
-    triton: Triton, export_dir: Path, *, threads: int, max_batch_size: int, queue_delay_us: int
+    triton: Triton, export_dir: Path, *, runs: int, max_batch_size: int, queue_delay_us: int
 ) -> int:
     """Bind ``embed``: input ``text`` (BYTES, UTF-8), output ``embedding`` (FP32, L2-normalised).
 
-    The model runs on ONNX Runtime, whose idle threads sleep: torch's spin, and when other
-    services take a core the whole batch waits on the thread that lost it (LoCoMo's texts took
-    26% longer beside a process using a quarter of a core, against 10% on ONNX Runtime)."""
-    encoder = OnnxEncoder(export_dir, threads=threads)
+    The model runs on ONNX Runtime, whose idle threads sleep (torch's spin, and when other
+    services take a core the whole batch waits on the thread that lost it: LoCoMo's texts took
+    26% longer beside a process using a quarter of a core, against 10% on ONNX Runtime), in
+    ``runs`` single-threaded runs at once (onnx_embedding.OnnxEncoder)."""
+    encoder = OnnxEncoder(export_dir, threads=1, runs=runs)
     dim = encoder.dim
 
     @batch

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import tempfile
 import time
 from collections import deque
@@ -67,7 +68,7 @@ def _bind_embedder(triton: Triton, settings: InferenceSettings) -> None:
     bind_embedder(
         triton,
         export(settings.embedding_model_dir(), settings.model_cache_dir),
-        threads=settings.embed_threads,
+        runs=settings.embed_runs or len(os.sched_getaffinity(0)),
         max_batch_size=settings.embed_max_batch_size,
         queue_delay_us=settings.embed_queue_delay_microseconds,
     )

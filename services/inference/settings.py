@@ -18,8 +18,8 @@ class InferenceSettings(ServiceSettings, BlobStoreSettings, LanguageModelSetting
     triton_grpc_port: int = 18001
     triton_http_port: int = 18000
     triton_metrics_port: int = 18002
-    embed_threads: int = Field(
-        0, ge=0, description="ONNX Runtime threads of the embedding model (0: all cores)"
+    embed_runs: int = Field(
+        0, ge=0, description="embedding batches run at once, one thread each (0: one a core)"
     )
     embed_max_batch_size: int = Field(256, gt=0)
     embed_queue_delay_microseconds: int = Field(1000, ge=0, description="dynamic batching window")

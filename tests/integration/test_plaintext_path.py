@@ -553,3 +553,22 @@ async def test_a_write_logged_before_writes_were_sealed_is_still_applied(mesh, c
     stored = await mesh.client.get(memory.name)
     assert stored.text == memory.text
     assert stored.provenance.principal == "principals/local"
+
+
+async def test_sessions_written_side_by_side_keep_their_own_order_and_all_are_searchable(mesh, cube):
+    sessions = [
+        {
+            "id": f"S{n}",
+            "turns": [{"id": f"D{n}:{i}", "speaker": "Caroline", "text": f"Note {i}."} for i in range(5)],
+        }
+        for n in range(4)
+    ]
+    bundle = {"id": "b", "sessions": sessions}
+    assert await ingest_bundle(mesh.client, cube, bundle, max_batch=2, in_flight=3) == 20
+    said: dict[str, list[tuple[int, str]]] = {}
+    async for m in mesh.client.iter_memories(cube):  # every request applied when it returns
+        source = m.provenance.sources[0]
+        said.setdefault(source.session_id, []).append((source.position, source.turn_id))
+    assert {session: [turn for _, turn in sorted(turns)] for session, turns in said.items()} == {
+        f"S{n}": [f"D{n}:{i}" for i in range(5)] for n in range(4)
+    }

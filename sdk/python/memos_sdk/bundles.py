@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import re
 from collections.abc import Callable, Iterator
@@ -64,30 +65,45 @@ async def ingest_bundle(
     on_session: Callable[[int], None] | None = None,
     max_batch: int = 500,
     wait_each: bool = False,
+    in_flight: int = 2,
 ) -> int:
-    """Write every session of a bundle in order, at most ``max_batch`` turns a request; returns
-    the number of turns written.
+    """Write every session of a bundle, at most ``max_batch`` turns a request; returns the
+    number of turns written.
 
     Each request carries a request_id derived from the bundle and session, so a retry is not a
-    second write. With ``wait_applied`` only the last request waits for the vault: writes are
-    applied in log order, so when it returns the whole bundle is searchable, and meanwhile the
-    reader embeds the next session while the vault applies the last. ``wait_each`` waits for
-    every request, as a chat does that adds its turns as they are said (``max_batch=1``).
+    second write. Up to ``in_flight`` sessions are written at once, each session's requests in
+    order: the reader embeds one while it stores the other, so the model does not wait between
+    sessions. With ``wait_applied`` only the last request waits for the vault, sent once every
+    other one is answered: writes are applied in log order, so when it returns the whole bundle
+    is searchable. ``wait_each`` writes one request at a time, each waiting for the vault, as a
+    chat does that adds its turns as they are said (``max_batch=1``).
     """
-    parts = [
-        (session, start, messages[start : start + max_batch])
+    sessions = [
+        [
+            (session, start, messages[start : start + max_batch])
+            for start in range(0, len(messages), max_batch)
+        ]
         for session in bundle.get("sessions", [])
         for messages in [session_messages(session)]
-        for start in range(0, len(messages), max_batch)
+        if messages
     ]
-    written = 0
-    for n, (session, start, part) in enumerate(parts, 1):
+    if not sessions:
+        return 0
+    last = sessions[-1].pop()
+    slots = asyncio.Semaphore(1 if wait_each else max(1, in_flight))
+
+    async def write(session: dict[str, Any], start: int, part: list[dict[str, str]], wait: bool) -> None:
         raw_id = f"bundle:{bundle.get('id', '')}:{session.get('id', '')}:{start}"
         request_id = re.sub(r"[^\x21-\x7e]", "_", raw_id)[-128:]
-        await client.add_messages(
-            cube_id, part, request_id=request_id, wait_applied=wait_each or (wait_applied and n == len(parts))
-        )
-        written += len(part)
+        await client.add_messages(cube_id, part, request_id=request_id, wait_applied=wait)
         if on_session:
             on_session(len(part))
-    return written
+
+    async def write_session(parts: list[tuple[dict[str, Any], int, list[dict[str, str]]]]) -> None:
+        async with slots:
+            for session, start, part in parts:
+                await write(session, start, part, wait_each)
+
+    await asyncio.gather(*(write_session(parts) for parts in sessions if parts))
+    await write(*last, wait_each or wait_applied)
+    return sum(len(part) for parts in sessions for _, _, part in parts) + len(last[2])
