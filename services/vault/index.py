@@ -578,29 +578,26 @@ class EdgeIndex:
         self, probes: Sequence[tuple[str, list[float], Filter]], *, limit: int
     ) -> list[list[tuple[dict[str, Any], float]]]:
         """For each (point id, dense vector, filter): the ``limit`` closest points but the probe's
-        own, best first, each with its ``memory_id`` payload and its best cosine over both dense
-        keys. One engine call for all."""
+        own, best first, each with its ``memory_id`` payload and the cosine of their text
+        vectors (the similarity the conflict check judges; context vectors of one stretch of
+        talk are alike whatever each turn says). One engine call for all."""
 
         def nearest() -> list[list[tuple[dict[str, Any], float]]]:
             selector = PayloadSelector.Include(["memory_id"])
             requests = [
                 QueryRequest(
-                    limit=limit + 1, query=Query.Nearest(vector, using=key), filter=flt, with_payload=selector
+                    limit=limit + 1,
+                    query=Query.Nearest(vector, using=DENSE),
+                    filter=flt,
+                    with_payload=selector,
                 )
                 for _, vector, flt in probes
-                for key in DENSE_KEYS
             ]
             lists = self.shard.query_batch(QueryBatchRequest(requests)) if requests else []
-            keys = len(DENSE_KEYS)
-            found: list[list[tuple[dict[str, Any], float]]] = []
-            for i, (point_id, _, _) in enumerate(probes):
-                best: dict[str, tuple[dict[str, Any], float]] = {}
-                for p in (p for hits in lists[keys * i : keys * (i + 1)] for p in hits):
-                    pid = str(p.id)
-                    if pid != point_id and p.score > best.get(pid, (None, -2.0))[1]:
-                        best[pid] = (p.payload or {}, p.score)
-                found.append(sorted(best.values(), key=lambda hit: -hit[1])[:limit])
-            return found
+            return [
+                [(p.payload or {}, p.score) for p in hits if str(p.id) != point_id][:limit]
+                for (point_id, _, _), hits in zip(probes, lists, strict=True)
+            ]
 
         return await self._run(nearest)
 
