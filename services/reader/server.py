@@ -81,15 +81,21 @@ def _check_text(value: str, field: str, max_bytes: int, *, required: bool) -> st
     return text
 
 
-def _resolve_time(ts: timestamp_pb2.Timestamp, text: str, field: str, *, has_ts: bool) -> dt.datetime | None:
+def _resolve_time(
+    ts: timestamp_pb2.Timestamp, text: str, field: str, *, has_ts: bool, parsed: dict[str, dt.datetime]
+) -> dt.datetime | None:
+    """The message's time; ``parsed`` holds the texts parsed already (a session's turns share
+    theirs, and parsing one takes longer than the rest of reading a short turn)."""
     if has_ts:
         return ts.ToDatetime(tzinfo=dt.UTC)
     if not text:
         return None
-    try:
-        return parse_time(text)
-    except ValueError as err:
-        raise InvalidArgument(f"{field}: {err}", reason="TIME_UNPARSEABLE", field=field) from err
+    if text not in parsed:
+        try:
+            parsed[text] = parse_time(text)
+        except ValueError as err:
+            raise InvalidArgument(f"{field}: {err}", reason="TIME_UNPARSEABLE", field=field) from err
+    return parsed[text]
 
 
 class ReaderServicer(reader_pb2_grpc.ReaderServiceServicer):
@@ -121,7 +127,7 @@ class ReaderServicer(reader_pb2_grpc.ReaderServiceServicer):
                 reason="TOO_MANY_MESSAGES",
                 limit=self._settings.max_messages,
             )
-        turns, seen = [], set()
+        turns, seen, parsed = [], set(), {}
         max_bytes = self._settings.max_text_bytes
         for i, m in enumerate(request.messages):
             field = f"messages[{i}]"
@@ -141,7 +147,9 @@ class ReaderServicer(reader_pb2_grpc.ReaderServiceServicer):
                     speaker=m.speaker.strip(),
                     text=_check_text(m.text, f"{field}.text", max_bytes, required=True),
                     session_id=m.session_id,
-                    time=_resolve_time(m.time, m.time_text, f"{field}.time_text", has_ts=m.HasField("time")),
+                    time=_resolve_time(
+                        m.time, m.time_text, f"{field}.time_text", has_ts=m.HasField("time"), parsed=parsed
+                    ),
                     image_caption=_check_text(
                         m.image_caption, f"{field}.image_caption", max_bytes, required=False
                     ),
