@@ -288,21 +288,38 @@ async def test_a_bundle_is_all_searchable_when_its_ingest_returns(mesh, cube):
     )
 
 
-async def test_a_bundle_ingested_a_turn_a_call_numbers_each_session_on(mesh, cube):
-    sessions = [
-        {
-            "id": f"S{n}",
-            "turns": [{"id": f"D{n}:{i}", "speaker": "Caroline", "text": f"Note {i}."} for i in range(3)],
-        }
-        for n in range(2)
-    ]
-    bundle = {"id": "b", "sessions": sessions}
-    assert await ingest_bundle(mesh.client, cube, bundle, max_batch=1, wait_each=True) == 6
-    numbers: dict[str, list[int]] = {}
+def _notes_bundle(sessions: int, turns: int) -> dict:
+    """Sessions S0.. of turns D<session>:0.. ("Note <i>.", all said by Caroline)."""
+    return {
+        "id": "b",
+        "sessions": [
+            {
+                "id": f"S{n}",
+                "turns": [
+                    {"id": f"D{n}:{i}", "speaker": "Caroline", "text": f"Note {i}."} for i in range(turns)
+                ],
+            }
+            for n in range(sessions)
+        ],
+    }
+
+
+async def _stored_by_session(mesh, cube: str) -> dict[str, list[tuple[int, str]]]:
+    """(position, turn id) of each memory's first source, by session, in position order."""
+    said: dict[str, list[tuple[int, str]]] = {}
     async for m in mesh.client.iter_memories(cube):
         source = m.provenance.sources[0]
-        numbers.setdefault(source.session_id, []).append(source.position)
-    assert {session: sorted(n) for session, n in numbers.items()} == {"S0": [1, 2, 3], "S1": [1, 2, 3]}
+        said.setdefault(source.session_id, []).append((source.position, source.turn_id))
+    return {session: sorted(turns) for session, turns in said.items()}
+
+
+async def test_a_bundle_ingested_a_turn_a_call_numbers_each_session_on(mesh, cube):
+    bundle = _notes_bundle(sessions=2, turns=3)
+    assert await ingest_bundle(mesh.client, cube, bundle, max_batch=1, wait_each=True) == 6
+    numbers = {
+        session: [n for n, _ in turns] for session, turns in (await _stored_by_session(mesh, cube)).items()
+    }
+    assert numbers == {"S0": [1, 2, 3], "S1": [1, 2, 3]}
 
 
 async def test_get_list_update_versions_delete(mesh, cube):
@@ -556,19 +573,9 @@ async def test_a_write_logged_before_writes_were_sealed_is_still_applied(mesh, c
 
 
 async def test_sessions_written_side_by_side_keep_their_own_order_and_all_are_searchable(mesh, cube):
-    sessions = [
-        {
-            "id": f"S{n}",
-            "turns": [{"id": f"D{n}:{i}", "speaker": "Caroline", "text": f"Note {i}."} for i in range(5)],
-        }
-        for n in range(4)
-    ]
-    bundle = {"id": "b", "sessions": sessions}
+    bundle = _notes_bundle(sessions=4, turns=5)
     assert await ingest_bundle(mesh.client, cube, bundle, max_batch=2, in_flight=3) == 20
-    said: dict[str, list[tuple[int, str]]] = {}
-    async for m in mesh.client.iter_memories(cube):  # every request applied when it returns
-        source = m.provenance.sources[0]
-        said.setdefault(source.session_id, []).append((source.position, source.turn_id))
-    assert {session: [turn for _, turn in sorted(turns)] for session, turns in said.items()} == {
+    stored = await _stored_by_session(mesh, cube)  # every request applied when it returns
+    assert {session: [turn for _, turn in turns] for session, turns in stored.items()} == {
         f"S{n}": [f"D{n}:{i}" for i in range(5)] for n in range(4)
     }
